@@ -13,6 +13,7 @@ quantization/export -> evaluation -> main. Line budget: this file stays under 2,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import glob
@@ -159,7 +160,7 @@ PRESETS = {
     # Tiny model on the embedded sample (python3 data/prepare.py sample): every path in about a minute on CPU.
     "smoke": dict(DATA_PATH=str(Path(__file__).parent / "data/datasets/sample_sp1024"),
                   TOKENIZER_PATH=str(Path(__file__).parent / "data/tokenizers/sample_1024_bpe.model"),
-                  ITERATIONS=30, WARMUP_STEPS=0, WARMDOWN_ITERS=10, TRAIN_BATCH_TOKENS=4096, TRAIN_SEQ_LEN=128,
+                  ITERATIONS=30, WARMUP_STEPS=0, GRAD_ACCUM_STEPS=1, WARMDOWN_ITERS=10, TRAIN_BATCH_TOKENS=4096, TRAIN_SEQ_LEN=128,
                   MAX_WALLCLOCK_SECONDS=0, TRAIN_LOG_EVERY=10, NUM_LAYERS=2, MODEL_DIM=64, NUM_HEADS=4, NUM_KV_HEADS=2,
                   MLP_MULT=2, ROPE_DIMS=8, XSA_LAST_N=1, VE_LAST_N=1, BIGRAM_VOCAB_SIZE=256, BIGRAM_DIM=16,
                   MUON_MOMENTUM_WARMUP_STEPS=10, SWA_EVERY=5, NGRAM_BUCKETS=65536, NGRAM_PREFILL_TOKENS=200000,
@@ -384,3 +385,1314 @@ def load_validation_tokens(data_path: str, vocab_size: int, max_targets: int) ->
     if tokens.size < 2:
         raise UserError(f"DATA_PATH={data_path!r}: validation split has fewer than 2 tokens")
     return torch.from_numpy(tokens.astype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MODEL
+# The seeds' 11-layer stack. forward() returns logits and the final hidden state, because the n-gram gate reads it.
+# Matrices live in CastedLinear (fp32 master weights, compute dtype at use) so late QAT can fake-quantize them.
+# ----------------------------------------------------------------------------------------------------------------
+
+def rms_norm(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def fake_quantize(w: Tensor, bits: int) -> Tensor:
+    """Per-row symmetric quantize-dequantize with a straight-through gradient (late QAT)."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = w.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / qmax
+    return w + ((w / scale).round().clamp(-qmax, qmax) * scale - w).detach()
+
+
+class CastedLinear(nn.Linear):
+    """Linear without bias whose fp32 weight is cast to the input dtype; qat_bits > 0 fake-quantizes it."""
+
+    def __init__(self, fan_in: int, fan_out: int, zero_init: bool = False):
+        super().__init__(fan_in, fan_out, bias=False)
+        self.qat_bits = 0
+        if zero_init:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = fake_quantize(self.weight, self.qat_bits) if self.qat_bits else self.weight
+        return F.linear(x, w.to(x.dtype))
+
+
+def rotary_tables(seq_len: int, rope_dims: int, base: float, device) -> tuple[Tensor, Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, device=device, dtype=torch.float32) / rope_dims)
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return freqs.cos()[None, None], freqs.sin()[None, None]
+
+
+def apply_partial_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first rope_dims dims of each head; the rest stay position-free (partial RoPE)."""
+    r = cos.size(-1) * 2
+    x1, x2, rest = x[..., :r // 2], x[..., r // 2:r], x[..., r:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
+
+
+try:  # FlashAttention 3 when installed (Hopper); PyTorch SDPA otherwise. Same math either way.
+    from flash_attn_interface import flash_attn_func as _fa3
+except ImportError:
+    _fa3 = None
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """q [B,H,T,D], k/v [B,Hkv,T,D] -> [B,H,T,D]."""
+    if _fa3 is not None and q.is_cuda:
+        out = _fa3(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, kv_heads: int, rope_dims: int, qk_gain: float, xsa: bool):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim, self.rope_dims, self.xsa = heads, kv_heads, dim // heads, rope_dims, xsa
+        self.q = CastedLinear(dim, dim)
+        self.k = CastedLinear(dim, kv_heads * self.head_dim)
+        self.v = CastedLinear(dim, kv_heads * self.head_dim)
+        self.proj = CastedLinear(dim, dim, zero_init=True)
+        self.q_gain = nn.Parameter(torch.full((heads,), qk_gain))
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], ve: Tensor | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x) if ve is None else self.v(x) + ve.to(x.dtype)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rms_norm(q), rms_norm(k)  # QK-norm keeps logits bounded; q_gain restores a learned temperature
+        if self.rope_dims:
+            cos, sin = rope[0][:, :, :T], rope[1][:, :, :T]
+            q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        y = causal_attention(q, k, v)
+        if self.xsa:
+            # Exclusive self-attention (arXiv:2603.09078): remove the component along the token's own value, so the
+            # layer carries context rather than a copy of itself.
+            vn = F.normalize(v.repeat_interleave(self.heads // self.kv_heads, dim=1), dim=-1)
+            y = y - (y * vn).sum(-1, keepdim=True) * vn
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc, self.proj = CastedLinear(dim, hidden), CastedLinear(hidden, dim, zero_init=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.leaky_relu(self.fc(x), 0.5).square())
+
+
+class Block(nn.Module):
+    def __init__(self, layer: int, dim: int, heads: int, kv_heads: int, mlp_hidden: int, rope_dims: int,
+                 qk_gain: float, xsa: bool):
+        super().__init__()
+        self.attn = Attention(dim, heads, kv_heads, rope_dims, qk_gain, xsa)
+        self.mlp = MLP(dim, mlp_hidden)
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.ones(dim))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))  # x, x0 mixing
+        self.ln_scale = 1.0 / math.sqrt(layer + 1)  # damp deeper layers' inputs at init (layer-norm scale)
+
+    def forward(self, x: Tensor, x0: Tensor, rope, ve: Tensor | None) -> Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, rope, ve)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
+
+
+GATE_NEURAL_BIAS_INIT = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    num_layers: int
+    model_dim: int
+    num_heads: int
+    num_kv_heads: int
+    mlp_mult: float
+    rope_dims: int
+    rope_base: float
+    logit_softcap: float
+    qk_gain_init: float
+    xsa_last_n: int
+    ve_last_n: int
+    bigram_vocab_size: int
+    bigram_dim: int
+    max_seq_len: int
+    gate_outputs: int  # 1 + number of n-gram orders for MIXER_HEAD=multi, else 0
+
+    @classmethod
+    def from_args(cls, a) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)} - {"max_seq_len", "gate_outputs"}
+        return cls(**{n: getattr(a, n) for n in names}, max_seq_len=max(a.train_seq_len, a.eval_seq_len),
+                   gate_outputs=a.ngram_max_order if a.mixer_head == "multi" else 0)
+
+
+class GPT(nn.Module):
+    """Token + BigramHash embedding, SmearGate, U-Net of Blocks, tied softcapped head, optional mixer gate."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.c = c
+        kv_dim = c.num_kv_heads * (c.model_dim // c.num_heads)
+        self.tok_emb = nn.Embedding(c.vocab_size, c.model_dim)
+        nn.init.normal_(self.tok_emb.weight, std=0.005)
+        if c.bigram_vocab_size:  # hashed (previous, current) token pairs: cheap extra input capacity
+            self.bigram_emb = nn.Embedding(c.bigram_vocab_size, c.bigram_dim)
+            nn.init.zeros_(self.bigram_emb.weight)
+            self.bigram_proj = CastedLinear(c.bigram_dim, c.model_dim)
+        self.smear_gate = nn.Parameter(torch.zeros(c.model_dim))
+        if c.ve_last_n:  # one value-embedding table shared by the last VE_LAST_N layers, each with its own gain
+            self.value_emb = nn.Embedding(c.vocab_size, kv_dim)
+            nn.init.normal_(self.value_emb.weight, std=0.005)
+            self.ve_gain = nn.Parameter(torch.ones(c.ve_last_n))
+        hidden = int(c.mlp_mult * c.model_dim)
+        self.blocks = nn.ModuleList(
+            Block(i, c.model_dim, c.num_heads, c.num_kv_heads, hidden, c.rope_dims, c.qk_gain_init,
+                  xsa=i >= c.num_layers - c.xsa_last_n) for i in range(c.num_layers))
+        self.num_encoder = c.num_layers // 2  # U-Net: encoder outputs feed the mirrored decoder layers
+        self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, c.num_layers - self.num_encoder), c.model_dim))
+        if c.gate_outputs:  # starts trusting the network (weight ~0.8 against 6 orders); training moves it
+            self.mixer_gate = nn.Linear(c.model_dim, c.gate_outputs)
+            nn.init.zeros_(self.mixer_gate.weight)
+            nn.init.constant_(self.mixer_gate.bias, 0.0)
+            self.mixer_gate.bias.data[0] = GATE_NEURAL_BIAS_INIT
+        cos, sin = rotary_tables(c.max_seq_len, max(c.rope_dims, 2), c.rope_base, "cpu")
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def bigram_ids(self, tokens: Tensor) -> Tensor:
+        """Bucket of (previous, current); the first position and BOS positions get a reserved bucket so no
+        information crosses a document boundary."""
+        prev = F.pad(tokens[:, :-1], (1, 0))
+        h = (prev * 1000003 + tokens * 8191) % (self.c.bigram_vocab_size - 1)  # two odd primes: a cheap pair hash
+        starts = tokens == BOS_ID
+        starts[:, 0] = True
+        return torch.where(starts, self.c.bigram_vocab_size - 1, h)
+
+    def smear(self, x: Tensor, tokens: Tensor) -> Tensor:
+        """SmearGate: blend each position with the previous one, never across a BOS (the previous document)."""
+        prev = F.pad(x[:, :-1], (0, 0, 1, 0))
+        allowed = (tokens != BOS_ID).unsqueeze(-1).to(x.dtype)
+        allowed[:, 0] = 0
+        return x + allowed * torch.sigmoid(self.smear_gate).to(x.dtype) * (prev - x)
+
+    def hidden(self, tokens: Tensor) -> Tensor:
+        """tokens [B,T] -> final normalized hidden state [B,T,D] (what the mixer gate reads)."""
+        x = self.tok_emb(tokens)
+        if self.c.bigram_vocab_size:
+            x = x + self.bigram_proj(self.bigram_emb(self.bigram_ids(tokens)))
+        x = x0 = rms_norm(self.smear(x, tokens))
+        ve = self.value_emb(tokens) if self.c.ve_last_n else None
+        rope, skips = (self.rope_cos, self.rope_sin), []
+        for i, block in enumerate(self.blocks):
+            j = i - (self.c.num_layers - self.c.ve_last_n)
+            x = block(x, x0, rope, ve * self.ve_gain[j].to(ve.dtype) if j >= 0 else None)
+            if i < self.num_encoder:
+                skips.append(x)
+            elif skips and i - self.num_encoder < self.skip_weights.size(0):
+                x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
+        return rms_norm(x)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Tied, softcapped output head in float32. Eval applies it only to the positions it scores."""
+        logits = F.linear(h, self.tok_emb.weight.to(h.dtype)).float()
+        return self.c.logit_softcap * torch.tanh(logits / self.c.logit_softcap)
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens [B,T] -> (logits [B,T,V] float32, final hidden [B,T,D])."""
+        h = self.hidden(tokens)
+        return self.logits(h), h
+
+    def matrices(self) -> list[CastedLinear]:
+        return [m for m in self.modules() if isinstance(m, CastedLinear)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# OPTIMIZER
+# Muon (github.com/KellerJordan/Muon) for block matrices: orthogonalized momentum, each rank orthogonalizes its
+# share of the matrices and one all-reduce shares the results. Adam for embeddings, gains and gates.
+# ----------------------------------------------------------------------------------------------------------------
+
+def newton_schulz_orthogonalize(g: Tensor, steps: int) -> Tensor:
+    """Approximate U V^T of g's SVD with the quintic iteration tuned for speed (singular values land in ~[0.7, 1.2])."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16() if g.is_cuda else g.float()
+    x = x / (x.norm() + 1e-7)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum, then Newton-Schulz orthogonalization, then decoupled weight decay and the step.
+
+    Call after gradients are averaged across ranks. Matrix i is orthogonalized by rank i % world; a flat buffer
+    all-reduce (sum of disjoint pieces) gives every rank every update, so all replicas stay identical.
+    """
+
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self):
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        for group in self.param_groups:
+            params = group["params"]
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.float32)
+            offset = 0
+            for i, p in enumerate(params):
+                if i % world == rank and p.grad is not None:
+                    buf = self.state[p].setdefault("momentum", torch.zeros_like(p.grad))
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    g = p.grad.add(buf, alpha=group["momentum"])
+                    u = newton_schulz_orthogonalize(g, group["ns_steps"])
+                    u *= max(1.0, p.size(0) / p.size(1)) ** 0.5  # same RMS step for tall and wide matrices
+                    flat[offset:offset + p.numel()] = u.flatten().float()
+                offset += p.numel()
+            if world > 1:
+                dist.all_reduce(flat)
+            offset = 0
+            for p in params:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
+                offset += p.numel()
+
+
+def optimizer_role(name: str, p: Tensor) -> str:
+    """Which optimizer group a parameter belongs to: 'matrix' (Muon), 'table' or 'scalar' (Adam)."""
+    if name.endswith("_emb.weight"):
+        return "table"
+    if p.ndim == 2 and name.startswith("blocks.") or name == "bigram_proj.weight":
+        return "matrix"
+    return "scalar"  # gains, mixes, skip weights, the tiny mixer gate
+
+
+def build_optimizers(model: GPT, a) -> list[torch.optim.Optimizer]:
+    """One Muon for matrices, one Adam for tables and scalars; each group remembers its base LR for scheduling."""
+    groups: dict[str, list[Tensor]] = {"matrix": [], "table": [], "scalar": []}
+    for name, p in model.named_parameters():
+        groups[optimizer_role(name, p)].append(p)
+    muon = Muon(groups["matrix"], a.matrix_lr, a.muon_momentum_warmup_start, a.muon_wd, a.muon_ns_steps)
+    adam = torch.optim.AdamW(
+        [dict(params=groups["table"], lr=a.tied_embed_lr, weight_decay=a.adam_wd),
+         dict(params=groups["scalar"], lr=a.scalar_lr, weight_decay=0.0)], betas=(0.9, 0.95), eps=1e-8)
+    for opt in (muon, adam):
+        for g in opt.param_groups:
+            g["base_lr"] = g["lr"]
+    return [muon, adam]
+
+
+def lr_multiplier(a, step: int, elapsed_ms: float) -> float:
+    """1 until the warmdown, then linear to 0: by remaining wallclock when capped, else by remaining steps."""
+    if a.warmdown_iters == 0:
+        return 1.0
+    if a.max_wallclock_seconds:
+        step_ms = elapsed_ms / max(step, 1)
+        remaining_ms = max(a.max_wallclock_seconds * 1000 - elapsed_ms, 0.0)
+        return min(1.0, remaining_ms / max(a.warmdown_iters * step_ms, 1e-9))
+    return min(1.0, max(a.iterations - step, 0) / a.warmdown_iters)
+
+
+class WeightAverager:
+    """EMA with warm-up (decay_t = min(decay, (1+t)/(10+t)), so short runs are not dominated by the init), and
+    SWA: a uniform average of EMA snapshots taken in the warmdown tail. final() picks SWA, else EMA, else raw."""
+
+    def __init__(self, model: nn.Module, ema_decay: float):
+        self.ema_decay, self.steps, self.swa_count = ema_decay, 0, 0
+        self.ema = {k: v.detach().float().clone() for k, v in model.state_dict().items()} if ema_decay else None
+        self.swa: dict[str, Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        if self.ema is None:
+            return
+        d = min(self.ema_decay, (1 + self.steps) / (10 + self.steps))
+        for k, v in model.state_dict().items():
+            self.ema[k].mul_(d).add_(v.float(), alpha=1 - d)
+        self.steps += 1
+
+    @torch.no_grad()
+    def snapshot(self, model: nn.Module) -> None:
+        src = self.ema or {k: v.float() for k, v in model.state_dict().items()}
+        if self.swa is None:
+            self.swa = {k: torch.zeros_like(v) for k, v in src.items()}
+        for k, v in src.items():
+            self.swa[k].add_(v)
+        self.swa_count += 1
+
+    def final(self, model: nn.Module) -> tuple[dict[str, Tensor], str]:
+        if self.swa is not None:
+            return {k: v / self.swa_count for k, v in self.swa.items()}, f"swa({self.swa_count} snapshots)"
+        if self.ema is not None:
+            return self.ema, f"ema({self.ema_decay})"
+        return model.state_dict(), "raw"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# N-GRAM MIXER
+# Experts of orders 2..N predict the next token from counts. NGRAM_SCORING=normalized (default, valid): a context
+# is a 53-bit-class fingerprint of its k-1 tokens, a (context, token) pair is (fingerprint << vocab_bits) | token,
+# a bijection, and both live in hash maps that store and verify the full key. A context's count is *derived* from
+# the pair insertions that succeeded, so ctx[c] == sum_v pair[c, v] always: p_k(v) = pair[c, v] / ctx[c] is a
+# distribution over the whole vocabulary even when fingerprints collide or a table is full. Validity (count >=
+# NGRAM_MIN_COUNT), backoff and gate weights read the context only, so the mixture of experts sums to 1 and the
+# target's probability is read off it. NGRAM_SCORING=hashed_target is the seeds' rule: direct-mapped counters read
+# at hash(context, target) only; its implied sum over the vocabulary is far from 1 (the audit prints how far),
+# so it is for comparison only and never valid for a record.
+# ----------------------------------------------------------------------------------------------------------------
+
+EMPTY_KEY = -1
+
+
+def _u64(x: int) -> int:
+    """A 64-bit constant as the int64 torch stores (two's complement)."""
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+MIX_C1, MIX_C2 = _u64(0xBF58476D1CE4E5B9), _u64(0x94D049BB133111EB)  # splitmix64 finalizer constants
+SEED_PRIMES = (36313, 27191, 51647, 81929, 131071, 174763, 233017, 283721, 347237, 411527, 479909, 541483,
+               611953, 683759, 755617, 821677, 889001)  # the seeds' XOR-hash multipliers, one per context slot
+
+
+def mix64(x: Tensor) -> Tensor:
+    """splitmix64 finalizer on int64 (wrapping multiply; masks emulate logical shifts). Same bits on CPU and GPU."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * MIX_C1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * MIX_C2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+class CountTable:
+    """Open-addressing hash map int64 key (>= 0) -> int32 count, linear probing, keys stored and verified.
+
+    Batched: add() dedupes the batch, then each probe round lets every pending key claim or find its slot; when
+    two new keys race for one empty slot one wins and the other probes on. A key that finds no slot within
+    max_probes is dropped and reported, never merged with another key. No deletions, so a dropped new key stays
+    dropped and lookups stay consistent.
+    """
+
+    def __init__(self, capacity: int, device, max_probes: int = 32):
+        self.keys = torch.full((capacity,), EMPTY_KEY, dtype=torch.int64, device=device)
+        self.counts = torch.zeros(capacity, dtype=torch.int32, device=device)
+        self.mask, self.max_probes = capacity - 1, max_probes
+
+    def nbytes(self) -> int:
+        return self.keys.numel() * 8 + self.counts.numel() * 4
+
+    def add(self, keys: Tensor, counts: Tensor) -> Tensor:
+        """Add counts for distinct keys; returns a bool mask of keys that were stored."""
+        stored = torch.zeros(keys.numel(), dtype=torch.bool, device=keys.device)
+        pending = torch.arange(keys.numel(), device=keys.device)
+        home = mix64(keys) & self.mask
+        for probe in range(self.max_probes):
+            if pending.numel() == 0:
+                break
+            slot = (home[pending] + probe) & self.mask
+            empty = self.keys[slot] == EMPTY_KEY
+            self.keys[slot[empty]] = keys[pending[empty]]  # racing writers: exactly one key lands per slot
+            mine = self.keys[slot] == keys[pending]
+            self.counts.index_add_(0, slot[mine], counts[pending[mine]].to(torch.int32))
+            stored[pending[mine]] = True
+            pending = pending[~mine]
+        return stored
+
+    def lookup(self, keys: Tensor) -> Tensor:
+        """Counts of keys (0 where absent), any shape."""
+        flat = keys.reshape(-1)
+        out = torch.zeros(flat.numel(), dtype=torch.int32, device=flat.device)
+        pending = torch.arange(flat.numel(), device=flat.device)
+        home = mix64(flat) & self.mask
+        for probe in range(self.max_probes):
+            if pending.numel() == 0:
+                break
+            slot = (home[pending] + probe) & self.mask
+            found = self.keys[slot]
+            hit = found == flat[pending]
+            out[pending[hit]] = self.counts[slot[hit]]
+            pending = pending[~hit & (found != EMPTY_KEY)]
+        return out.view(keys.shape)
+
+
+class NgramCache:
+    """Counts for orders 2..max_order and the per-order expert probability of a given next token.
+
+    A position t of a history tensor hist [..., T] has context hist[..., t-k+2 .. t] for order k (the k-1 tokens
+    ending at t) and predicts the token after it. Keys are -1 where the history is too short for the order.
+    """
+
+    def __init__(self, max_order: int, buckets: int, vocab_size: int, scoring: str, min_count: int, device):
+        self.orders = list(range(2, max_order + 1))
+        self.scoring, self.min_count, self.buckets = scoring, min_count, buckets
+        self.vocab_bits = max(1, (vocab_size - 1).bit_length())
+        self.fp_mask = (1 << (63 - self.vocab_bits)) - 1  # fingerprint << vocab_bits | token stays a positive int64
+        if scoring == "normalized":
+            self.pair = [CountTable(buckets, device) for _ in self.orders]
+            self.ctx = [CountTable(buckets, device) for _ in self.orders]
+        else:  # the seeds' direct-mapped counters, indexed by hash bucket
+            self.pair = [torch.zeros(buckets, dtype=torch.int32, device=device) for _ in self.orders]
+            self.ctx = [torch.zeros(buckets, dtype=torch.int32, device=device) for _ in self.orders]
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes() if isinstance(t, CountTable) else t.numel() * 4 for t in self.pair + self.ctx)
+
+    def keys(self, hist: Tensor, nxt: Tensor) -> Tensor:
+        """Pair keys [n_orders, *hist.shape] for (context ending at t, token nxt[t]); -1 without enough history."""
+        h = torch.zeros_like(hist)
+        out = []
+        for j in range(len(self.orders)):  # fold in the token j steps back; after j+1 tokens this is order j+2
+            back = F.pad(hist[..., :hist.size(-1) - j], (j, 0), value=-1) if j else hist
+            if self.scoring == "normalized":
+                h = mix64(h * 31 + back + 2)
+                key = ((h & self.fp_mask) << self.vocab_bits) | nxt
+            else:  # seeds: ctx = XOR of token * prime, full = ctx XOR target * next prime; bucket = & (buckets-1)
+                h = h ^ (back * SEED_PRIMES[j])
+                m = self.buckets - 1
+                key = ((h ^ (nxt * SEED_PRIMES[j + 1])) & m) * self.buckets + (h & m)
+            out.append(torch.where(back >= 0, key, EMPTY_KEY))
+        return torch.stack(out)
+
+    def add(self, keys: Tensor, counts: Tensor | None = None) -> None:
+        """Count pair keys [n_orders, n] (-1 entries ignored), with per-key counts if given (default 1 each)."""
+        for o in range(len(self.orders)):
+            k = keys[o]
+            c = torch.ones_like(k) if counts is None else counts[o]
+            k, c = k[k >= 0], c[k >= 0]
+            k, inverse = torch.unique(k, return_inverse=True)
+            c = torch.zeros_like(k).index_add_(0, inverse, c)
+            if self.scoring == "normalized":
+                stored = self.pair[o].add(k, c)
+                self.ctx[o].add(*unique_sum(k[stored] >> self.vocab_bits, c[stored]))
+            else:
+                self.pair[o].index_add_(0, k // self.buckets, c.to(torch.int32))
+                self.ctx[o].index_add_(0, k % self.buckets, c.to(torch.int32))
+
+    def expert_probs(self, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """(p [n_orders, ...] float32 of the keyed next token, valid [n_orders, ...] bool). valid reads only the
+        context count, never the token."""
+        ps, valids = [], []
+        for o in range(len(self.orders)):
+            k = keys[o].clamp_min(0)
+            if self.scoring == "normalized":
+                n, c = self.pair[o].lookup(k), self.ctx[o].lookup(k >> self.vocab_bits)
+            else:
+                c = self.ctx[o][k % self.buckets]
+                n = torch.minimum(self.pair[o][k // self.buckets], c)
+            ps.append(n.float() / c.clamp_min(1).float())
+            valids.append((keys[o] >= 0) & (c >= self.min_count))
+        return torch.stack(ps), torch.stack(valids)
+
+    def clone(self) -> "NgramCache":
+        new = object.__new__(NgramCache)
+        new.__dict__ = dict(self.__dict__)
+        copy = lambda t: t.clone() if isinstance(t, Tensor) else _clone_table(t)
+        new.pair, new.ctx = [copy(t) for t in self.pair], [copy(t) for t in self.ctx]
+        return new
+
+
+def _clone_table(t: CountTable) -> CountTable:
+    new = object.__new__(CountTable)
+    new.__dict__ = dict(t.__dict__, keys=t.keys.clone(), counts=t.counts.clone())
+    return new
+
+
+def unique_sum(keys: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct keys and the summed count of each."""
+    k, inverse = torch.unique(keys, return_inverse=True)
+    return k, torch.zeros_like(k).index_add_(0, inverse, counts)
+
+
+def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, vocab_size: int, rank: int,
+                        world: int, device, log, block_tokens: int = 1 << 22) -> int:
+    """Count the training shards (first max_tokens, 0: all) into cache. Blocks are split across ranks; each
+    round every rank dedupes its block and all ranks insert the gathered union, so every rank ends with the same
+    counts. Contexts do not cross shard boundaries. Returns the number of tokens counted."""
+    blocks, total = [], 0
+    for f in files:
+        n = read_shard(f, vocab_size).size
+        n = min(n, max_tokens - total) if max_tokens else n
+        blocks += [(f, s, min(s + block_tokens, n)) for s in range(0, n - 1, block_tokens)]
+        total += n
+        if max_tokens and total >= max_tokens:
+            break
+    t0, done, span = time.perf_counter(), 0, len(cache.orders)
+    for r in range(0, len(blocks), world):
+        mine = blocks[r + rank] if r + rank < len(blocks) else None
+        if mine is None:
+            keys = torch.full((span, 0), EMPTY_KEY, dtype=torch.int64, device=device)
+            counts = torch.zeros_like(keys)
+        else:
+            f, s, e = mine
+            toks = torch.from_numpy(read_shard(f, vocab_size)[max(0, s - span):e].astype(np.int64)).to(device)
+            keys = cache.keys(toks[:-1], toks[1:])[:, max(0, s - max(0, s - span) - 1):]  # targets in [s, e)
+            keys, counts = zip(*(unique_sum(k[k >= 0], torch.ones_like(k[k >= 0])) for k in keys))
+            width = max(k.numel() for k in keys)
+            keys = torch.stack([F.pad(k, (0, width - k.numel()), value=EMPTY_KEY) for k in keys])
+            counts = torch.stack([F.pad(c, (0, width - c.numel())) for c in counts])
+        if world > 1:
+            keys, counts = all_gather_padded(keys), all_gather_padded(counts)
+        cache.add(keys, counts)
+        done += sum(e - s for _, s, e in blocks[r:r + world])
+        log(f"ngram_prefill tokens:{done}/{total} elapsed:{time.perf_counter() - t0:.1f}s "
+            f"rate:{done / max(time.perf_counter() - t0, 1e-9) / 1e6:.1f}M tok/s")
+    return total
+
+
+def all_gather_padded(x: Tensor) -> Tensor:
+    """all_gather of [rows, n_rank] tensors with a different n per rank, concatenated along dim 1. Padding is -1,
+    which add() skips as a key (and so ignores the padded counts). gloo and NCCL both need equal shapes."""
+    width = torch.tensor([x.size(1)], device=x.device)
+    widths = [torch.zeros_like(width) for _ in range(dist.get_world_size())]
+    dist.all_gather(widths, width)
+    pad = int(max(w.item() for w in widths))
+    x = F.pad(x, (0, pad - x.size(1)), value=EMPTY_KEY)
+    parts = [torch.empty_like(x) for _ in widths]
+    dist.all_gather(parts, x)
+    return torch.cat(parts, dim=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerConfig:
+    """How the neural expert and the n-gram experts are weighted (MIXER_HEAD and the NGRAM_ENT_* knobs)."""
+    head: str
+    neural_floor: float
+    ent_base: float
+    ent_range: float
+    ent_scale: float
+    ent_centers: tuple[float, ...]  # one per order, index 0 = order 2
+
+    @classmethod
+    def from_args(cls, a) -> "MixerConfig":
+        centers = a.ngram_ent_center * (a.ngram_max_order - 1) if len(a.ngram_ent_center) == 1 else a.ngram_ent_center
+        return cls(a.mixer_head, a.mixer_neural_floor, a.ngram_ent_base, a.ngram_ent_range, a.ngram_ent_scale,
+                   tuple(reversed(centers)))  # NGRAM_ENT_CENTER lists orders high -> low, as the seeds wrote it
+
+
+def mixture_log_weights(m: MixerConfig, gate_logits: Tensor | None, valid: Tensor, neural_logp: Tensor | None) -> Tensor:
+    """log weights [1 + n_orders, n] of (neural, order 2, ..., order N). They read the gate's hidden state, the
+    neural distribution and which orders are valid (a context property), never the target: so they sum to 1
+    over experts for any target, and the mixture is a distribution whenever each expert is."""
+    n_orders, n = valid.shape
+    log_w = torch.full((1 + n_orders, n), -math.inf, device=valid.device)
+    if m.head == "multi":  # learned gate, softmax over the neural expert and the valid orders
+        masked = gate_logits.float().T.masked_fill(torch.cat([valid.new_zeros(1, n), ~valid]), -math.inf)
+        log_w = torch.log_softmax(masked, dim=0)
+        if m.neural_floor:
+            log_w = log_w + math.log1p(-m.neural_floor)
+            log_w[0] = torch.logaddexp(log_w[0], torch.full_like(log_w[0], math.log(m.neural_floor)))
+    elif m.head == "entropy":  # backoff to the highest valid order; trust it more when the network is unsure
+        top = torch.where(valid.any(0), n_orders - 1 - valid.flip(0).int().argmax(0), -1)
+        entropy = -(neural_logp.exp() * neural_logp).sum(-1).detach()
+        center = torch.tensor(m.ent_centers, device=valid.device)[top.clamp_min(0)]
+        alpha = m.ent_base + m.ent_range * torch.sigmoid(m.ent_scale * (entropy - center))
+        alpha = torch.where(top >= 0, alpha, 0.0)
+        log_w[0] = torch.log1p(-alpha)
+        rows = torch.nonzero(top >= 0).squeeze(1)
+        log_w[1 + top[rows], rows] = alpha[rows].log()
+    else:
+        log_w[0] = 0.0
+    return log_w
+
+
+def target_keys(cache: NgramCache, tokens: Tensor, idx: Tensor, targets: Tensor) -> Tensor:
+    """Pair keys [n_orders, n] for predicting `targets` at stream positions idx from the tokens before idx.
+    Scoring, the cache update check and the audit (which swaps in every vocabulary token) all key through here."""
+    span = len(cache.orders)
+    back = idx[:, None] - torch.arange(span, 0, -1, device=idx.device)
+    hist = torch.where(back >= 0, tokens[back.clamp_min(0)], -1)
+    return cache.keys(hist, targets[:, None].expand(-1, span))[:, :, -1]
+
+
+def mixed_nll(m: MixerConfig, logits: Tensor, gate_logits: Tensor | None, cache: NgramCache | None,
+              tokens: Tensor, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-position -log p_mix(target) and the log weights used. logits [n, V] and gate_logits [n, k] belong to
+    positions idx of the token stream; the n-gram experts read only the cache and tokens before idx."""
+    neural_logp = torch.log_softmax(logits.float(), dim=-1)
+    logp_target = neural_logp.gather(1, targets[:, None]).squeeze(1)
+    if cache is None or m.head == "none":
+        return -logp_target, torch.zeros(1, logp_target.numel(), device=logits.device)
+    p, valid = cache.expert_probs(target_keys(cache, tokens, idx, targets))
+    log_w = mixture_log_weights(m, gate_logits, valid, neural_logp)
+    return -mixture_log_prob(log_w, logp_target, p), log_w
+
+
+def mixture_log_prob(log_w: Tensor, neural_logp_target: Tensor, ngram_p: Tensor) -> Tensor:
+    """log(w_0 p_neural + sum_k w_k p_k) at the target, in log space (invalid experts carry log weight -inf)."""
+    return torch.logsumexp(log_w + torch.cat([neural_logp_target[None], ngram_p.log()]), dim=0)
+
+
+def training_loss(model: nn.Module, x: Tensor, y: Tensor, oracle: NgramCache | None, m: MixerConfig, a) -> Tensor:
+    """CE (optionally complementary-weighted) + MIXER_LOSS_WEIGHT x mixture NLL against the frozen oracle, whose
+    probabilities are constants; the mixture loss trains the gate and, through its input, the transformer."""
+    logits, h = model(x)
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
+    if oracle is None:
+        return nll.mean()
+    with torch.no_grad():
+        p, valid = oracle.expert_probs(oracle.keys(x, y))
+        p, valid = p.reshape(len(oracle.orders), -1), valid.reshape(len(oracle.orders), -1)
+    weight = torch.ones_like(nll)
+    if a.complement_alpha:  # learn less where the oracle already knows the answer (complementary training)
+        best = torch.where(valid, p, 0.0).amax(0)
+        ramp = ((best - a.complement_threshold) / (1 - a.complement_threshold)).clamp(0, 1)
+        weight = (1 - a.complement_alpha * ramp).clamp_min(0.05)
+    loss = (weight * nll).mean()
+    if m.head == "multi" and a.mixer_loss_weight:
+        log_w = mixture_log_weights(m, model.mixer_gate(h).reshape(nll.numel(), -1), valid, None)
+        loss = loss - a.mixer_loss_weight * mixture_log_prob(log_w, -nll, p).mean()
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# QUANTIZATION AND EXPORT
+# Per-row symmetric quantization with a per-row clip picked from a few candidates by reconstruction error.
+# Values are stored one per byte, not bit-packed: zstd's entropy coder works on bytes, and on int6/int5 values
+# byte containers compress to ~entropy while dense packing hides the symbols (bench/quant_storage.py: gaussian
+# int6 5.36 vs 5.79 bits/weight, laplace int6 4.72 vs 5.54). Artifact = code bytes + this compressed blob.
+# ----------------------------------------------------------------------------------------------------------------
+
+CLIP_FRACTIONS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6)  # of each row's max |w|; int5 rows prefer tighter clips
+
+
+def quant_bits_for(name: str, t: Tensor, a) -> int:
+    """Bits for a state-dict tensor: 0 keeps it in fp16 (1-D and small tensors, the mixer gate)."""
+    if t.ndim != 2 or t.numel() < 65536:
+        return 0
+    if name.endswith("_emb.weight"):
+        return a.quant_embed_bits
+    return a.quant_mlp_bits if ".mlp." in name else a.quant_bits
+
+
+def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """int8 codes in [-qmax, qmax] and fp16 per-row scales, clip chosen per row by squared error."""
+    w = w.float()
+    qmax = 2 ** (bits - 1) - 1
+    row_max = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+    best_q, best_s, best_err = None, None, None
+    for frac in CLIP_FRACTIONS:
+        s = (row_max * frac / qmax).half().float()  # the scale as it will be stored
+        q = (w / s).round().clamp(-qmax, qmax)
+        err = (q * s - w).square().sum(dim=1, keepdim=True)
+        if best_err is None:
+            best_q, best_s, best_err = q, s, err
+        else:
+            better = err < best_err
+            best_q, best_s, best_err = torch.where(better, q, best_q), torch.where(better, s, best_s), torch.minimum(err, best_err)
+    return best_q.to(torch.int8), best_s.squeeze(1).half()
+
+
+def quantize_state(state: dict[str, Tensor], a) -> dict[str, dict]:
+    out = {}
+    for name, t in state.items():
+        bits = quant_bits_for(name, t, a)
+        if bits:
+            q, s = quantize_rows(t, bits)
+            out[name] = dict(q=q, scale=s, bits=bits)
+        else:
+            out[name] = dict(value=t.detach().cpu().half() if t.is_floating_point() else t.detach().cpu())
+    return out
+
+
+def dequantize_state(qstate: dict[str, dict]) -> dict[str, Tensor]:
+    return {k: v["q"].float() * v["scale"].float()[:, None] if "q" in v else v["value"].float() for k, v in qstate.items()}
+
+
+def serialize_artifact(qstate: dict[str, dict], model_cfg: ModelConfig, level: int) -> bytes:
+    import zstandard
+    buf = io.BytesIO()
+    torch.save(dict(format=1, model_config=dataclasses.asdict(model_cfg), tensors=qstate), buf)
+    return zstandard.ZstdCompressor(level=level).compress(buf.getvalue())
+
+
+def deserialize_artifact(blob: bytes, source: str) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Decompress and dequantize an artifact into (model config, float32 state dict)."""
+    import zstandard
+    try:
+        payload = torch.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(blob)), weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which and why, not a pickle traceback
+        raise UserError(f"{source}: not a readable train_gpt.py artifact ({type(e).__name__}: {e})") from None
+    return ModelConfig(**payload["model_config"]), dequantize_state(payload["tensors"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# EVALUATION
+# One scoring core for every number: windows of up to seq_len tokens, each scoring its last <= stride targets.
+# stride = seq_len is the plain full-sequence eval; a smaller stride is the sliding-window eval; the score-first
+# loop scores a chunk with the eval cache built from earlier chunks only, then counts the chunk into the cache,
+# then (TTT) trains on it. Windows of a chunk are split across ranks; every rank counts every chunk, so with W
+# ranks the caches, and so the result, equal the one-rank run.
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Evaluator:
+    """What every scoring path shares (built once in main)."""
+    model: GPT
+    mixer: MixerConfig
+    byte_tables: ByteTables
+    tokens: Tensor  # validation stream on the device; targets are tokens[1:]
+    seq_len: int
+    batch_seqs: int
+    rank: int
+    world: int
+    log: object
+
+    def autocast(self):
+        return torch.autocast("cuda", torch.bfloat16) if self.tokens.is_cuda else torch.autocast("cpu", enabled=False)
+
+
+def score_windows(t0: int, t1: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(input start c, first target a, end b) per window: inputs tokens[c:b-1] predict targets [a, b), b-a <= stride,
+    so each target in [t0, t1) is scored exactly once with at least seq_len - stride tokens of context."""
+    return [(max(0, min(a + stride, t1) - 1 - seq_len), a, min(a + stride, t1)) for a in range(t0, t1, stride)]
+
+
+def batched_positions(ev: Evaluator, windows: list[tuple[int, int, int]]):
+    """Yield (target positions [n], hidden states [n, D]) for the scored targets of each batch of windows."""
+    i = 0
+    while i < len(windows):
+        length = windows[i][2] - 1 - windows[i][0]
+        j = i
+        while j < len(windows) and j - i < ev.batch_seqs and windows[j][2] - 1 - windows[j][0] == length:
+            j += 1
+        batch = windows[i:j]
+        x = torch.stack([ev.tokens[c:b - 1] for c, _, b in batch])
+        with ev.autocast():
+            h = ev.model.hidden(x)
+        rows = torch.cat([torch.full((b - a,), w) for w, (_, a, b) in enumerate(batch)]).to(x.device)
+        cols = torch.cat([torch.arange(a - c - 1, b - c - 1) for c, a, b in batch]).to(x.device)
+        idx = torch.cat([torch.arange(a, b) for _, a, b in batch]).to(x.device)
+        yield idx, h[rows, cols]
+        i = j
+
+
+def score_chunk(ev: Evaluator, cache: NgramCache | None, t0: int, t1: int, stride: int) -> Tensor:
+    """Score targets [t0, t1) on this rank's share of the windows; returns float64 [nll sum, bytes, count] summed
+    over ranks. Reads the cache, never writes it."""
+    windows = score_windows(t0, t1, ev.seq_len, stride)
+    lo, hi = len(windows) * ev.rank // ev.world, len(windows) * (ev.rank + 1) // ev.world
+    sums = torch.zeros(3, dtype=torch.float64, device=ev.tokens.device)
+    with torch.no_grad():
+        for idx, h in batched_positions(ev, windows[lo:hi]):
+            with ev.autocast():
+                logits = ev.model.logits(h)
+                gate = ev.model.mixer_gate(h) if ev.mixer.head == "multi" else None
+            nll, _ = mixed_nll(ev.mixer, logits, gate, cache, ev.tokens, idx, ev.tokens[idx])
+            sums += torch.stack([nll.double().sum(), ev.byte_tables.target_bytes(ev.tokens[idx - 1], ev.tokens[idx])
+                                 .double().sum(), torch.tensor(float(idx.numel()), device=sums.device)])
+    if ev.world > 1:
+        dist.all_reduce(sums)
+    return sums
+
+
+def add_chunk_to_cache(cache: NgramCache, tokens: Tensor, t0: int, t1: int) -> None:
+    """Count the (context, target) pairs of targets [t0, t1): called only after they were scored."""
+    idx = torch.arange(t0, t1, device=tokens.device)
+    cache.add(target_keys(cache, tokens, idx, tokens[idx]))
+
+
+def ttt_parameters(model: GPT, a) -> list[Tensor]:
+    """TTT_PARAMS=all: everything outside the first TTT_FREEZE_BLOCKS blocks; q: their query projections only."""
+    blocks = model.blocks[a.ttt_freeze_blocks:]
+    if a.ttt_params == "q":
+        return [b.attn.q.weight for b in blocks]
+    frozen = {id(p) for b in model.blocks[:a.ttt_freeze_blocks] for p in b.parameters()}
+    return [p for p in model.parameters() if id(p) not in frozen]
+
+
+def build_ttt_optimizer(params: list[Tensor], a) -> torch.optim.Optimizer:
+    if a.ttt_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=a.ttt_lr, momentum=a.ttt_momentum)
+    return torch.optim.AdamW(params, lr=a.ttt_lr, betas=(a.ttt_momentum, 0.999), weight_decay=0.0)
+
+
+def ttt_on_chunk(ev: Evaluator, opt: torch.optim.Optimizer, params: list[Tensor], t0: int, t1: int, a) -> None:
+    """Train on targets [t0, t1), all already scored. A global batch of TTT_BATCH_SEQS sequences is split across
+    ranks and the loss is normalized by the global token count, so gradients (summed over ranks) match one rank."""
+    starts = list(range(t0 - 1, t1 - 1, ev.seq_len))
+    for _ in range(a.ttt_epochs):
+        for g in range(0, len(starts), a.ttt_batch_seqs):
+            group = [(s, min(s + ev.seq_len, t1 - 1)) for s in starts[g:g + a.ttt_batch_seqs]]
+            total = sum(e - s for s, e in group)
+            opt.zero_grad(set_to_none=False)
+            for s, e in group[ev.rank::ev.world]:
+                with ev.autocast():
+                    logits, _ = ev.model(ev.tokens[s:e][None])
+                F.cross_entropy(logits[0].float(), ev.tokens[s + 1:e + 1], reduction="sum").div(total).backward()
+            sync_gradients(params, ev.world, average=False)
+            if a.ttt_grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, a.ttt_grad_clip)
+            opt.step()
+
+
+def sync_gradients(params: list[Tensor], world: int, average: bool = True) -> None:
+    """All-reduce gradients in one flat buffer (sum, or mean with average=True); missing grads count as zero."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if world == 1:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    if average:
+        flat /= world
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+@dataclasses.dataclass
+class EvalResult:
+    val_loss: float
+    val_bpb: float
+    seconds: float
+    chunks: list[list[float]]  # per chunk: [nll sum, bytes, targets]
+
+
+def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: NgramCache | None = None,
+             ttt=None, max_seconds: float = 0.0) -> EvalResult:
+    """Score every validation target once, chunk by chunk: score, then count the chunk into the cache, then TTT
+    (ttt(t0, t1) trains on the chunk just scored)."""
+    t_start, n_targets = time.perf_counter(), ev.tokens.numel() - 1
+    bounds = list(range(1, n_targets + 1, chunk_tokens))
+    totals, chunks, warned = torch.zeros(3, dtype=torch.float64), [], False
+    ev.model.eval()
+    for i, t0 in enumerate(bounds):
+        t1 = min(t0 + chunk_tokens, n_targets + 1)
+        sums = score_chunk(ev, cache, t0, t1, stride).cpu()
+        if cache is not None:
+            add_chunk_to_cache(cache, ev.tokens, t0, t1)
+        if ttt is not None and t1 <= n_targets:  # nothing left to adapt for after the last chunk
+            ev.model.train()
+            ttt(t0, t1)
+            ev.model.eval()
+        totals += sums
+        chunks.append(sums.tolist())
+        elapsed = time.perf_counter() - t_start
+        projected = elapsed * n_targets / totals[2].item()
+        if max_seconds and not warned and i >= 1 and projected > max_seconds:
+            ev.log(f"eval_warning label:{label} projected:{projected:.0f}s exceeds EVAL_MAX_SECONDS={max_seconds:g} "
+                   f"after {i + 1}/{len(bounds)} chunks")
+            warned = True
+        if i + 1 == len(bounds) or (i + 1) % max(1, len(bounds) // 10) == 0:
+            ev.log(f"eval_progress label:{label} chunk:{i + 1}/{len(bounds)} scored:{int(totals[2])} "
+                   f"running_bpb:{bits_per_byte(totals):.4f} elapsed:{elapsed:.1f}s eta:{projected - elapsed:.1f}s")
+    if int(totals[2]) != n_targets:
+        raise RuntimeError(f"{label}: scored {int(totals[2])} targets, expected {n_targets}")
+    ev.log(f"eval_scored label:{label} targets:{int(totals[2])} expected:{n_targets}")
+    return EvalResult(totals[0].item() / totals[2].item(), bits_per_byte(totals), time.perf_counter() - t_start, chunks)
+
+
+def bits_per_byte(sums: Tensor) -> float:
+    """(sum of nats / ln 2) / (sum of target bytes)."""
+    return sums[0].item() / math.log(2) / max(sums[1].item(), 1.0)
+
+
+def audit_mixture(ev: Evaluator, cache: NgramCache, positions: int, seed: int) -> str:
+    """Enumerate every vocabulary token as the target at sampled positions, through the scoring code itself:
+    the mixture must sum to 1 and no weight may change with the target (C1, C2)."""
+    n_targets, vocab = ev.tokens.numel() - 1, ev.model.c.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    idx = (torch.randperm(n_targets, generator=gen)[:positions] + 1).sort().values.to(ev.tokens.device)
+    windows = [(max(0, int(i) - ev.seq_len), int(i), int(i) + 1) for i in idx]
+    sums, independent = [], True
+    with torch.no_grad():
+        for pos, h in batched_positions(ev, windows):
+            with ev.autocast():
+                logits = ev.model.logits(h)
+                gate = ev.model.mixer_gate(h) if ev.mixer.head == "multi" else None
+            total, first_w = torch.zeros(pos.numel(), dtype=torch.float64, device=pos.device), None
+            for v in range(vocab):
+                nll, log_w = mixed_nll(ev.mixer, logits, gate, cache, ev.tokens, pos, torch.full_like(pos, v))
+                total += (-nll.double()).exp()
+                first_w = log_w if first_w is None else first_w
+                independent &= torch.equal(log_w, first_w)
+            sums.append(total)
+    s = torch.cat(sums)
+    return (f"ngram_audit positions:{s.numel()} max_abs_sum_err:{(s - 1).abs().max().item():.3e} "
+            f"mean_sum:{s.mean().item():.6f} target_independent:{'yes' if independent else 'no'}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MAIN
+# setup -> warm-up (before the clock) -> prefill + training loop -> export -> round-trip evaluation -> compliance.
+# ----------------------------------------------------------------------------------------------------------------
+
+LIMIT_TRAIN_SECONDS, LIMIT_EVAL_SECONDS, LIMIT_ARTIFACT_BYTES = 600.0, 600.0, 16_000_000
+
+
+class TrainingDiverged(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Runtime:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    log: object
+    run_id: str
+
+
+def setup_runtime(a) -> Runtime:
+    """torchrun when RANK/WORLD_SIZE are set, else one process; CUDA + NCCL when available, else CPU + gloo."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if not 1 <= world <= 8:
+        raise UserError(f"WORLD_SIZE={world}: the challenge runs on 1..8 GPUs (torchrun --nproc_per_node=1..8)")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    run_id = a.run_id or time.strftime("%Y%m%d_%H%M%S")
+    if world > 1:  # every rank must agree on the run id chosen from the clock
+        box = [run_id]
+        dist.broadcast_object_list(box, src=0)
+        run_id = box[0]
+    log_path = Path("logs") / f"{run_id}.txt"
+    if rank == 0:  # one run per log file: a reused RUN_ID starts the file afresh
+        log_path.parent.mkdir(exist_ok=True)
+        log_path.write_text("")
+
+    def log(msg: str, console: bool = True) -> None:
+        if rank == 0:
+            if console:
+                print(msg, flush=True)
+            with open(log_path, "a") as f:
+                print(msg, file=f)
+    return Runtime(rank, world, local_rank, device, log, run_id)
+
+
+def log_run_header(rt: Runtime, a) -> None:
+    """Source hash, versions, hardware and the resolved configuration: the first lines of every log."""
+    code = Path(__file__).read_bytes()
+    rt.log(f"source train_gpt.py sha256:{hashlib.sha256(code).hexdigest()} bytes:{len(code)}")
+    rt.log(f"versions python:{platform.python_version()} torch:{torch.__version__} cuda:{torch.version.cuda or 'none'}")
+    gpu = torch.cuda.get_device_name(rt.device).replace(" ", "_") if rt.device.type == "cuda" else "none"
+    rt.log(f"hardware world_size:{rt.world} device:{rt.device.type} gpu:{gpu}")
+    if rt.device.type == "cuda":
+        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False).stdout
+        rt.log(smi, console=False)
+    rt.log("config " + json.dumps({k.env: getattr(a, k.env.lower()) for k in KNOB_BY_ENV.values()} | {"RUN_ID": rt.run_id},
+                                  sort_keys=True))
+    rt.log("config_defaults " + json.dumps({k.env: k.default for k in KNOB_BY_ENV.values()}, sort_keys=True))
+
+
+def grad_accum_steps(a, world: int) -> int:
+    accum = a.grad_accum_steps or max(1, 8 // world)
+    if a.train_batch_tokens % (world * accum * a.train_seq_len):
+        raise UserError(f"config error: TRAIN_BATCH_TOKENS={a.train_batch_tokens} must be divisible by world size "
+                        f"{world} x GRAD_ACCUM_STEPS {accum} x TRAIN_SEQ_LEN {a.train_seq_len} "
+                        f"(= {world * accum * a.train_seq_len}); set GRAD_ACCUM_STEPS or TRAIN_BATCH_TOKENS")
+    return accum
+
+
+def needs_oracle(a) -> bool:
+    return a.mixer_head == "multi" and a.mixer_loss_weight > 0 or a.complement_alpha > 0
+
+
+def new_cache(a, device) -> NgramCache:
+    return NgramCache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device)
+
+
+def set_qat(model: GPT, a, enabled: bool) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, CastedLinear) and quant_bits_for(name + ".weight", m.weight, a):
+            m.qat_bits = quant_bits_for(name + ".weight", m.weight, a) if enabled else 0
+
+
+def train_step(model: GPT, optimizers, stream: TokenStream, oracle, mixer: MixerConfig, a, rt: Runtime,
+               accum: int, lr_mul: float, step: int) -> float:
+    """One optimizer step over TRAIN_BATCH_TOKENS tokens; returns the mean loss across ranks."""
+    muon_momentum = a.muon_momentum_warmup_start + (a.muon_momentum - a.muon_momentum_warmup_start) * min(
+        1.0, step / max(a.muon_momentum_warmup_steps, 1))
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * lr_mul
+            if isinstance(opt, Muon):
+                g["momentum"] = muon_momentum
+    total = torch.zeros((), device=rt.device)
+    for _ in range(accum):
+        x, y = next_micro_batch(stream, a.train_batch_tokens // accum, a.train_seq_len, rt.rank, rt.world, rt.device)
+        with torch.autocast("cuda", torch.bfloat16, enabled=rt.device.type == "cuda"):
+            loss = training_loss(model, x, y, oracle, mixer, a) / accum
+        loss.backward()
+        total += loss.detach()
+    params = list(model.parameters())
+    sync_gradients(params, rt.world)
+    if a.grad_clip_norm:
+        torch.nn.utils.clip_grad_norm_(params, a.grad_clip_norm)
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    if rt.world > 1:
+        dist.all_reduce(total)
+        total /= rt.world
+    value = total.item()
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"train_loss is {value} at step {step}; lower MATRIX_LR/SCALAR_LR or check the data")
+    return value
+
+
+def warm_up_and_time_export(model: GPT, optimizers, a, rt: Runtime, accum: int, mixer: MixerConfig) -> float:
+    """Compile on dummy tokens for WARMUP_STEPS, restore the initial state, and time one export so the training
+    loop can stop early enough for export to fit inside MAX_WALLCLOCK_SECONDS. Runs before the clock."""
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt_states = [copy.deepcopy(o.state_dict()) for o in optimizers]
+    gen = torch.Generator().manual_seed(a.seed)
+
+    class Dummy:
+        def take(self, n):
+            return torch.randint(0, a.vocab_size, (n,), generator=gen).numpy()
+    for step in range(a.warmup_steps):
+        train_step(model, optimizers, Dummy(), None, mixer, a, rt, accum, 1.0, step)
+    model.load_state_dict(initial)
+    for o, s in zip(optimizers, opt_states):
+        o.load_state_dict(s)
+    t0 = time.perf_counter()
+    serialize_artifact(quantize_state(model.state_dict(), a), model.c, a.zstd_level)
+    return time.perf_counter() - t0
+
+
+def train(model: GPT, a, rt: Runtime, ev: Evaluator, mixer: MixerConfig) -> tuple[dict[str, Tensor], NgramCache | None, float]:
+    """Warm-up, then under the clock: oracle prefill and the training loop. Returns (final weights, oracle,
+    clock start) so export can be timed on the same clock."""
+    accum = grad_accum_steps(a, rt.world)
+    optimizers = build_optimizers(model, a)
+    export_s = warm_up_and_time_export(model, optimizers, a, rt, accum, mixer)
+    reserve_ms = (1.5 * export_s + 2.0) * 1000 if a.max_wallclock_seconds else 0.0
+    rt.log(f"warmup steps:{a.warmup_steps} export_estimate:{export_s:.1f}s reserve:{reserve_ms / 1000:.1f}s "
+           f"grad_accum_steps:{accum}")
+    train_files = list_shards(a.data_path, "train")
+    clock_start = time.perf_counter()
+    oracle = None
+    if needs_oracle(a):
+        oracle = new_cache(a, rt.device)
+        rt.log(f"ngram_tables orders:2..{a.ngram_max_order} buckets:{a.ngram_buckets} scoring:{a.ngram_scoring} "
+               f"bytes:{oracle.nbytes()} ({oracle.nbytes() / 2**20:.0f} MiB per cache)")
+        n = prefill_ngram_cache(oracle, train_files, a.ngram_prefill_tokens, a.vocab_size, rt.rank, rt.world,
+                                rt.device, rt.log)
+        rt.log(f"ngram_oracle tokens:{n} time:{time.perf_counter() - clock_start:.1f}s")
+    stream = TokenStream(train_files, a.vocab_size)
+    averager = WeightAverager(model, a.ema_decay)
+    cap_ms = a.max_wallclock_seconds * 1000 - reserve_ms if a.max_wallclock_seconds else math.inf
+    train_ms, step, qat_on, paused = 0.0, 0, False, 0.0
+    while True:
+        train_ms = (time.perf_counter() - clock_start - paused) * 1000
+        last = step == a.iterations or train_ms >= cap_ms
+        if last and step < a.iterations:
+            rt.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{a.iterations}")
+        if last or a.val_loss_every and step and step % a.val_loss_every == 0:
+            t_val = time.perf_counter()  # the clock pauses for monitoring evals, as in the challenge's baseline
+            res = evaluate(ev, "val", a.train_seq_len, 1 << 62)
+            rt.log(f"step:{step}/{a.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
+                   f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+            paused += time.perf_counter() - t_val
+            model.train()
+        if last:
+            break
+        lr_mul = lr_multiplier(a, step, train_ms)
+        if a.late_qat_lrmul and not qat_on and lr_mul < a.late_qat_lrmul:
+            set_qat(model, a, True)
+            qat_on = True
+            rt.log(f"late_qat enabled step:{step} lr_mul:{lr_mul:.3f}")
+        loss = train_step(model, optimizers, stream, oracle, mixer, a, rt, accum, lr_mul, step)
+        averager.update(model)
+        step += 1
+        if a.swa_every and lr_mul < a.swa_start_lrmul and step % a.swa_every == 0:
+            averager.snapshot(model)
+        if step % a.train_log_every == 0 or step == 1:
+            train_ms = (time.perf_counter() - clock_start - paused) * 1000
+            rt.log(f"step:{step}/{a.iterations} train_loss:{loss:.4f} train_time:{train_ms:.0f}ms "
+                   f"step_avg:{train_ms / step:.2f}ms")
+        if rt.world > 1 and a.max_wallclock_seconds:  # ranks must agree on stopping, or the next collective hangs
+            flag = torch.tensor(float((time.perf_counter() - clock_start - paused) * 1000 >= cap_ms), device=rt.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if flag.item():
+                cap_ms = 0.0
+    set_qat(model, a, False)
+    weights, kind = averager.final(model)
+    rt.log(f"final_weights:{kind} steps:{step}")
+    if rt.device.type == "cuda":
+        rt.log(f"peak_memory allocated:{torch.cuda.max_memory_allocated() // 2**20}MiB")
+    return weights, oracle, clock_start + paused
+
+
+def export(weights: dict[str, Tensor], model_cfg: ModelConfig, a, rt: Runtime) -> tuple[Path, int]:
+    """Quantize, compress and write logs/<RUN_ID>.ptz (rank 0); returns (path, artifact bytes incl. code)."""
+    blob = serialize_artifact(quantize_state(weights, a), model_cfg, a.zstd_level)
+    path = Path("logs") / f"{rt.run_id}.ptz"
+    code_bytes = len(Path(__file__).read_bytes())
+    if rt.rank == 0:
+        path.write_bytes(blob)
+    if rt.world > 1:
+        dist.barrier()
+    label = f"int{a.quant_bits}+zstd"
+    rt.log(f"Serialized model {label}: {len(blob)} bytes")
+    rt.log(f"Code size: {code_bytes} bytes")
+    rt.log(f"Total submission size {label}: {len(blob) + code_bytes} bytes")
+    return path, len(blob) + code_bytes
+
+
+def evaluate_artifact(path: Path, a, rt: Runtime, byte_tables: ByteTables, val: Tensor,
+                      oracle: NgramCache | None) -> dict:
+    """Load the artifact into a fresh model and produce every reported number; returns the compliance inputs."""
+    t_load = time.perf_counter()
+    model_cfg, state = deserialize_artifact(path.read_bytes(), str(path))
+    model = build_model(model_cfg, rt.device)
+    model.load_state_dict(state)
+    mixer = MixerConfig.from_args(a)
+    if mixer.head == "multi" and model_cfg.gate_outputs != a.ngram_max_order:
+        raise UserError(f"{path}: its gate has {model_cfg.gate_outputs} outputs but NGRAM_MAX_ORDER={a.ngram_max_order} "
+                        f"needs {a.ngram_max_order}; evaluate with the NGRAM_MAX_ORDER it was trained with")
+    seq_len = a.eval_seq_len or a.train_seq_len
+    ev = Evaluator(model, mixer, byte_tables, val.to(rt.device), seq_len, a.eval_batch_seqs, rt.rank, rt.world, rt.log)
+    load_s = time.perf_counter() - t_load
+    tag = f"int{a.quant_bits}"
+    res = evaluate(ev, "roundtrip", seq_len, 1 << 62)
+    log_metric(rt, f"final_{tag}_roundtrip", res)
+    res = evaluate(ev, "sliding", a.eval_stride, 1 << 62)
+    log_metric(rt, f"final_{tag}_sliding_window", res, f" stride:{a.eval_stride}")
+    t_eval = time.perf_counter()
+    cache = None
+    if mixer.head != "none":
+        cache = build_eval_cache(a, rt, oracle)
+    ttt = None
+    if a.ttt_epochs:
+        params = ttt_parameters(model, a)
+        keep = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+        opt = build_ttt_optimizer(params, a)
+        ttt = lambda t0, t1: ttt_on_chunk(ev, opt, params, t0, t1, a)
+    res = evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, ttt, a.eval_max_seconds)
+    eval_s = time.perf_counter() - t_eval + load_s
+    log_metric(rt, "legal_ttt", res)
+    if rt.rank == 0:
+        Path("logs", f"{rt.run_id}.chunks.json").write_text(json.dumps(res.chunks))
+    if cache is not None and a.ngram_audit_positions:
+        rt.log(audit_mixture(ev, cache, a.ngram_audit_positions, a.seed))
+    return dict(eval_seconds=eval_s)
+
+
+def build_eval_cache(a, rt: Runtime, oracle: NgramCache | None) -> NgramCache:
+    """Empty (validation history only) or, with NGRAM_EVAL_PREFILL=train, counted from training data."""
+    if a.ngram_eval_prefill == "none":
+        return new_cache(a, rt.device)
+    if oracle is not None:
+        return oracle.clone()
+    cache = new_cache(a, rt.device)
+    prefill_ngram_cache(cache, list_shards(a.data_path, "train"), a.ngram_prefill_tokens, a.vocab_size, rt.rank,
+                        rt.world, rt.device, rt.log)
+    return cache
+
+
+def log_metric(rt: Runtime, name: str, res: EvalResult, suffix: str = "") -> None:
+    rt.log(f"{name} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f}{suffix} eval_time:{res.seconds * 1000:.0f}ms")
+    rt.log(f"{name}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}{suffix}")
+
+
+def compliance_report(a, train_seconds: float | None, eval_seconds: float, artifact_bytes: int) -> dict:
+    """The checks reviewers apply, each PASS/FAIL with the measured value (SKIP: not measured in this run)."""
+    def verdict(ok):
+        return "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+    report = dict(train_seconds=train_seconds, eval_seconds=eval_seconds, artifact_bytes=artifact_bytes,
+                  scoring=a.ngram_scoring, train_data_at_eval="yes" if a.ngram_eval_prefill == "train" else "no",
+                  score_first="yes")
+    report["verdicts"] = dict(
+        train_time=verdict(None if train_seconds is None else train_seconds <= LIMIT_TRAIN_SECONDS),
+        eval_time=verdict(eval_seconds <= LIMIT_EVAL_SECONDS),
+        artifact_size=verdict(artifact_bytes <= LIMIT_ARTIFACT_BYTES),
+        scoring=verdict(a.ngram_scoring == "normalized" or a.mixer_head == "none"),
+        train_data_at_eval=verdict(report["train_data_at_eval"] == "no"),
+        score_first=verdict(True))
+    return report
+
+
+def log_compliance(rt: Runtime, report: dict) -> None:
+    v, r = report["verdicts"], report
+    fmt = lambda x, unit: "n/a" if x is None else f"{x:.1f}{unit}"
+    rt.log(f"compliance train_time:{fmt(r['train_seconds'], 's')} limit:{LIMIT_TRAIN_SECONDS:.0f}s {v['train_time']}")
+    rt.log(f"compliance eval_time:{fmt(r['eval_seconds'], 's')} limit:{LIMIT_EVAL_SECONDS:.0f}s {v['eval_time']}")
+    rt.log(f"compliance artifact_bytes:{r['artifact_bytes']} limit:{LIMIT_ARTIFACT_BYTES} {v['artifact_size']}")
+    note = "" if r["scoring"] == "normalized" else " (hashed_target: not a normalized probability, invalid for a record)"
+    rt.log(f"compliance scoring:{r['scoring']}{note} {v['scoring']}")
+    rt.log(f"compliance train_data_at_eval:{r['train_data_at_eval']} {v['train_data_at_eval']}")
+    rt.log(f"compliance score_first:{r['score_first']} {v['score_first']}")
+    rt.log("compliance_json " + json.dumps(report, sort_keys=True))
+    if rt.rank == 0:
+        Path("logs", f"{rt.run_id}.compliance.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+
+
+def build_model(cfg: ModelConfig, device) -> GPT:
+    model = GPT(cfg).to(device)
+    if device.type == "cuda":  # compile the transformer body; the n-gram work around it stays eager
+        model.hidden = torch.compile(model.hidden, dynamic=False)
+    return model
+
+
+def main() -> None:
+    a = load_hyperparameters()
+    rt = setup_runtime(a)
+    log_run_header(rt, a)
+    if a.ngram_scoring == "hashed_target" and a.mixer_head != "none":
+        rt.log("WARNING NGRAM_SCORING=hashed_target: the seeds' target-only lookup is not a normalized probability; "
+               "its val_bpb is not valid for a record")
+    torch.manual_seed(a.seed)  # same init on every rank
+    byte_tables = ByteTables.from_tokenizer(load_tokenizer(a.tokenizer_path, a.vocab_size), a.vocab_size)
+    val = load_validation_tokens(a.data_path, a.vocab_size, a.eval_max_tokens)
+    rt.log(f"val_tokens:{val.numel()} targets:{val.numel() - 1}")
+    train_seconds, oracle = None, None
+    if a.load_artifact:
+        path = Path(a.load_artifact)
+        if not path.is_file():
+            raise UserError(f"LOAD_ARTIFACT={a.load_artifact!r} does not exist")
+        artifact_bytes = path.stat().st_size + len(Path(__file__).read_bytes())
+    else:
+        model_cfg = ModelConfig.from_args(a)
+        model = build_model(model_cfg, rt.device)
+        rt.log(f"model params:{sum(p.numel() for p in model.parameters())} layers:{a.num_layers} dim:{a.model_dim}")
+        mixer = MixerConfig.from_args(a)
+        ev = Evaluator(model, mixer, byte_tables, val.to(rt.device), a.train_seq_len, a.eval_batch_seqs, rt.rank,
+                       rt.world, rt.log)
+        weights, oracle, clock_start = train(model, a, rt, ev, mixer)
+        path, artifact_bytes = export(weights, model_cfg, a, rt)
+        train_seconds = time.perf_counter() - clock_start
+        rt.log(f"train_seconds:{train_seconds:.1f} (prefill + training + export, monitoring evals excluded)")
+    result = evaluate_artifact(path, a, rt, byte_tables, val, oracle)
+    log_compliance(rt, compliance_report(a, train_seconds, result["eval_seconds"], artifact_bytes))
+
+
+def run_cli() -> int:
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(__doc__ + "\nEnvironment variables:\n\n" + help_table())
+        return 0
+    try:
+        main()
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli())
