@@ -169,12 +169,16 @@ PRESETS = {
 }
 
 
+def fmt_num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def parse_value(knob: Knob, raw: str):
     """Parse one env string into the knob's type and range, or raise UserError naming the variable."""
     def bad(why: str):
         allowed = f"one of {list(knob.choices)}" if knob.choices else f"{knob.kind.__name__}"
         if knob.lo is not None:
-            allowed += f" in [{knob.lo:g}, {knob.hi:g}]"
+            allowed += f" in [{fmt_num(knob.lo)}, {fmt_num(knob.hi)}]"
         return UserError(f"config error: {knob.env}={raw!r} {why} (allowed: {allowed})")
     text = str(raw).strip()
     try:
@@ -247,10 +251,11 @@ def help_table() -> str:
     for title, group in KNOBS:
         lines.append(f"| **{title}** | | | | |")
         for k in group:
-            default = ",".join(f"{x:g}" for x in k.default) if k.kind is list else k.default
+            default = ",".join(fmt_num(x) for x in k.default) if k.kind is list else k.default
             allowed = "/".join(c or "(empty)" for c in k.choices) if k.choices else (
-                f"[{k.lo:g}, {k.hi:g}]" if k.lo is not None else "any")
-            lines.append(f"| `{k.env}` | {k.kind.__name__} | `{default}` | {allowed} | {k.help} |")
+                f"[{fmt_num(k.lo)}, {fmt_num(k.hi)}]" if k.lo is not None else "any")
+            default = f"`{default}`" if default != "" else "(empty)"
+            lines.append(f"| `{k.env}` | {k.kind.__name__} | {default} | {allowed} | {k.help} |")
     return "\n".join(lines)
 
 
@@ -774,52 +779,62 @@ def mix64(x: Tensor) -> Tensor:
 class CountTable:
     """Open-addressing hash map int64 key (>= 0) -> int32 count, linear probing, keys stored and verified.
 
-    Batched: add() dedupes the batch, then each probe round lets every pending key claim or find its slot; when
-    two new keys race for one empty slot one wins and the other probes on. A key that finds no slot within
-    max_probes is dropped and reported, never merged with another key. No deletions, so a dropped new key stays
-    dropped and lookups stay consistent.
+    Batched: add() counts keys already present, then lets new keys claim empty slots probe by probe; when two
+    new keys race for one slot one wins and the other probes on. Occupancy is capped at max_load: past it the
+    least frequent new keys of a batch are dropped (reported, never merged with another key), which keeps every
+    unsuccessful lookup short, since it ends at the first empty slot. No deletions, so lookups stay consistent.
     """
 
-    def __init__(self, capacity: int, device, max_probes: int = 32):
+    def __init__(self, capacity: int, device, max_load: float = 0.75, max_probes: int = 64):
         self.keys = torch.full((capacity,), EMPTY_KEY, dtype=torch.int64, device=device)
         self.counts = torch.zeros(capacity, dtype=torch.int32, device=device)
-        self.mask, self.max_probes = capacity - 1, max_probes
+        self.mask, self.max_probes, self.used, self.limit = capacity - 1, max_probes, 0, int(capacity * max_load)
 
     def nbytes(self) -> int:
         return self.keys.numel() * 8 + self.counts.numel() * 4
 
-    def add(self, keys: Tensor, counts: Tensor) -> Tensor:
-        """Add counts for distinct keys; returns a bool mask of keys that were stored."""
-        stored = torch.zeros(keys.numel(), dtype=torch.bool, device=keys.device)
+    def find(self, keys: Tensor) -> Tensor:
+        """Slot of each key (flat int64 tensor), -1 where absent."""
+        slots = torch.full_like(keys, -1)
         pending = torch.arange(keys.numel(), device=keys.device)
         home = mix64(keys) & self.mask
         for probe in range(self.max_probes):
             if pending.numel() == 0:
                 break
             slot = (home[pending] + probe) & self.mask
+            found = self.keys[slot]
+            hit = found == keys[pending]
+            slots[pending[hit]] = slot[hit]
+            pending = pending[~hit & (found != EMPTY_KEY)]
+        return slots
+
+    def add(self, keys: Tensor, counts: Tensor) -> Tensor:
+        """Add counts for distinct keys; returns a bool mask of keys that were stored."""
+        slots = self.find(keys)
+        stored = slots >= 0
+        self.counts.index_add_(0, slots[stored], counts[stored].to(torch.int32))
+        new = torch.nonzero(~stored).squeeze(1)
+        budget = max(self.limit - self.used, 0)
+        if new.numel() > budget:  # keep the most frequent new keys (stable: ties by key order)
+            new = new[torch.argsort(counts[new], descending=True, stable=True)[:budget]]
+        home = mix64(keys[new]) & self.mask
+        for probe in range(self.max_probes):
+            if new.numel() == 0:
+                break
+            slot = (home + probe) & self.mask
             empty = self.keys[slot] == EMPTY_KEY
-            self.keys[slot[empty]] = keys[pending[empty]]  # racing writers: exactly one key lands per slot
-            mine = self.keys[slot] == keys[pending]
-            self.counts.index_add_(0, slot[mine], counts[pending[mine]].to(torch.int32))
-            stored[pending[mine]] = True
-            pending = pending[~mine]
+            self.keys[slot[empty]] = keys[new[empty]]  # racing writers: exactly one key lands per slot
+            mine = self.keys[slot] == keys[new]
+            self.counts.index_add_(0, slot[mine], counts[new[mine]].to(torch.int32))
+            stored[new[mine]] = True
+            self.used += int(mine.sum())
+            new, home = new[~mine], home[~mine]
         return stored
 
     def lookup(self, keys: Tensor) -> Tensor:
         """Counts of keys (0 where absent), any shape."""
-        flat = keys.reshape(-1)
-        out = torch.zeros(flat.numel(), dtype=torch.int32, device=flat.device)
-        pending = torch.arange(flat.numel(), device=flat.device)
-        home = mix64(flat) & self.mask
-        for probe in range(self.max_probes):
-            if pending.numel() == 0:
-                break
-            slot = (home[pending] + probe) & self.mask
-            found = self.keys[slot]
-            hit = found == flat[pending]
-            out[pending[hit]] = self.counts[slot[hit]]
-            pending = pending[~hit & (found != EMPTY_KEY)]
-        return out.view(keys.shape)
+        slots = self.find(keys.reshape(-1))
+        return torch.where(slots >= 0, self.counts[slots.clamp_min(0)], 0).view(keys.shape)
 
 
 class NgramCache:
@@ -846,18 +861,22 @@ class NgramCache:
 
     def keys(self, hist: Tensor, nxt: Tensor) -> Tensor:
         """Pair keys [n_orders, *hist.shape] for (context ending at t, token nxt[t]); -1 without enough history."""
-        h = torch.zeros_like(hist)
-        out = []
-        for j in range(len(self.orders)):  # fold in the token j steps back; after j+1 tokens this is order j+2
-            back = F.pad(hist[..., :hist.size(-1) - j], (j, 0), value=-1) if j else hist
+        return self.keys_from(lambda j: F.pad(hist[..., :hist.size(-1) - j], (j, 0), value=-1) if j else hist, nxt)
+
+    def keys_from(self, back, nxt: Tensor) -> Tensor:
+        """The one key recipe: back(j) gives the token j steps before the predicted one (-1 where none), so order
+        k folds in back(0..k-2). Sequences (keys) and single positions (target_keys) both come through here."""
+        h, out = torch.zeros_like(nxt), []
+        for j in range(len(self.orders)):  # after folding in j+1 tokens, h identifies the order-(j+2) context
+            tok = back(j)
             if self.scoring == "normalized":
-                h = mix64(h * 31 + back + 2)
+                h = mix64(h * 31 + tok + 2)
                 key = ((h & self.fp_mask) << self.vocab_bits) | nxt
             else:  # seeds: ctx = XOR of token * prime, full = ctx XOR target * next prime; bucket = & (buckets-1)
-                h = h ^ (back * SEED_PRIMES[j])
+                h = h ^ (tok * SEED_PRIMES[j])
                 m = self.buckets - 1
                 key = ((h ^ (nxt * SEED_PRIMES[j + 1])) & m) * self.buckets + (h & m)
-            out.append(torch.where(back >= 0, key, EMPTY_KEY))
+            out.append(torch.where(tok >= 0, key, EMPTY_KEY))
         return torch.stack(out)
 
     def add(self, keys: Tensor, counts: Tensor | None = None) -> None:
@@ -1004,11 +1023,11 @@ def mixture_log_weights(m: MixerConfig, gate_logits: Tensor | None, valid: Tenso
 
 def target_keys(cache: NgramCache, tokens: Tensor, idx: Tensor, targets: Tensor) -> Tensor:
     """Pair keys [n_orders, n] for predicting `targets` at stream positions idx from the tokens before idx.
-    Scoring, the cache update check and the audit (which swaps in every vocabulary token) all key through here."""
-    span = len(cache.orders)
-    back = idx[:, None] - torch.arange(span, 0, -1, device=idx.device)
-    hist = torch.where(back >= 0, tokens[back.clamp_min(0)], -1)
-    return cache.keys(hist, targets[:, None].expand(-1, span))[:, :, -1]
+    Scoring, the cache update and the audit (which swaps in every vocabulary token) all key through here."""
+    def back(j):
+        pos = idx - 1 - j
+        return torch.where(pos >= 0, tokens[pos.clamp_min(0)], -1)
+    return cache.keys_from(back, targets)
 
 
 def mixed_nll(m: MixerConfig, logits: Tensor, gate_logits: Tensor | None, cache: NgramCache | None,
@@ -1143,6 +1162,7 @@ class Evaluator:
     rank: int
     world: int
     log: object
+    record: list | None = None  # when a list, score_chunk appends (target positions, nll) for tests to inspect
 
     def autocast(self):
         return torch.autocast("cuda", torch.bfloat16) if self.tokens.is_cuda else torch.autocast("cpu", enabled=False)
@@ -1185,6 +1205,8 @@ def score_chunk(ev: Evaluator, cache: NgramCache | None, t0: int, t1: int, strid
                 logits = ev.model.logits(h)
                 gate = ev.model.mixer_gate(h) if ev.mixer.head == "multi" else None
             nll, _ = mixed_nll(ev.mixer, logits, gate, cache, ev.tokens, idx, ev.tokens[idx])
+            if ev.record is not None:
+                ev.record.append((idx.cpu(), nll.cpu()))
             sums += torch.stack([nll.double().sum(), ev.byte_tables.target_bytes(ev.tokens[idx - 1], ev.tokens[idx])
                                  .double().sum(), torch.tensor(float(idx.numel()), device=sums.device)])
     if ev.world > 1:

@@ -1,0 +1,140 @@
+"""Score-first chunked evaluation: coverage, legality (score before update/TTT), TTT scope, compliance verdicts."""
+import pytest
+import torch
+
+import train_gpt as tg
+
+V = 1024
+
+
+def make_evaluator(env: dict, n_tokens: int = 3000, seed: int = 0) -> tuple[tg.Evaluator, object]:
+    a = tg.load_hyperparameters({"PRESET": "smoke", "TRAIN_SEQ_LEN": "64"} | env)
+    torch.manual_seed(seed)
+    model = tg.GPT(tg.ModelConfig.from_args(a))
+    with torch.no_grad():  # a non-trivial network and gate, as after training
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    gen = torch.Generator().manual_seed(seed)
+    motif = torch.randint(0, 40, (25,), generator=gen)
+    tokens = torch.cat([motif if i % 3 else torch.randint(0, V, (25,), generator=gen) for i in range(n_tokens // 25)])
+    tables = tg.ByteTables(torch.ones(V, dtype=torch.long), torch.zeros(V, dtype=torch.bool),
+                           torch.zeros(V, dtype=torch.bool))
+    ev = tg.Evaluator(model, tg.MixerConfig.from_args(a), tables, tokens, a.train_seq_len, 8, 0, 1, lambda m: None)
+    return ev, a
+
+
+def run_score_first(ev, a, record=True):
+    cache = tg.new_cache(a, "cpu") if a.mixer_head != "none" else None
+    ttt = None
+    if a.ttt_epochs:
+        params = tg.ttt_parameters(ev.model, a)
+        opt = tg.build_ttt_optimizer(params, a)
+        ttt = lambda t0, t1: tg.ttt_on_chunk(ev, opt, params, t0, t1, a)
+    ev.record = [] if record else None
+    res = tg.evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, ttt)
+    per_pos = torch.full((ev.tokens.numel(),), float("nan"), dtype=torch.float64)
+    for idx, nll in ev.record or []:
+        per_pos[idx] = nll.double()
+    return res, per_pos
+
+
+@pytest.mark.parametrize("t0, t1, seq_len, stride", [(1, 1000, 64, 16), (1, 1000, 64, 64), (300, 777, 128, 50)])
+def test_windows_score_every_target_once_with_enough_context(t0, t1, seq_len, stride):
+    seen = []
+    for c, a, b in tg.score_windows(t0, t1, seq_len, stride):
+        assert 0 <= c and b - 1 - c <= seq_len and b - a <= stride
+        assert a - 1 - c >= min(seq_len - stride, a - 1)  # context before the first scored target
+        seen += range(a, b)
+    assert seen == list(range(t0, t1))
+
+
+def test_every_target_is_scored_exactly_once_and_counted():
+    ev, a = make_evaluator({"EVAL_STRIDE": "16", "EVAL_CHUNK_TOKENS": "500", "TTT_EPOCHS": "0"})
+    res, per_pos = run_score_first(ev, a)
+    assert torch.isnan(per_pos[0]) and not torch.isnan(per_pos[1:]).any()
+    assert sum(c[2] for c in res.chunks) == ev.tokens.numel() - 1
+    assert res.val_loss == pytest.approx(per_pos[1:].mean().item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("head", ["multi", "entropy"])
+def test_score_first_perturbing_the_future_changes_no_earlier_loss(head):
+    """C1/C3: losses at or before p must not depend on tokens after p, across chunk boundaries, with the n-gram
+    cache and TTT on (TTT with a large LR so that any leak would show)."""
+    env = {"MIXER_HEAD": head, "EVAL_STRIDE": "16", "EVAL_CHUNK_TOKENS": "400", "TTT_EPOCHS": "2", "TTT_LR": "0.05",
+           "NGRAM_MIN_COUNT": "1"}
+    ev, a = make_evaluator(env)
+    _, base = run_score_first(ev, a)
+    for p in (399, 400, 401, 650, 1200):  # chunk boundaries are at targets 401, 801, ...
+        ev2, _ = make_evaluator(env)
+        gen = torch.Generator().manual_seed(p)
+        ev2.tokens[p + 1:] = torch.randint(0, V, (ev2.tokens.numel() - p - 1,), generator=gen)
+        _, pert = run_score_first(ev2, a)
+        assert torch.equal(pert[1:p + 1], base[1:p + 1]), f"a loss at or before {p} changed"
+        assert not torch.equal(pert[p + 1:], base[p + 1:])
+
+
+def test_the_cache_and_ttt_actually_help_on_repetitive_text():
+    ev, a = make_evaluator({"MIXER_HEAD": "none", "TTT_EPOCHS": "0", "EVAL_CHUNK_TOKENS": "400"})
+    plain, _ = run_score_first(ev, a, record=False)
+    ev, a = make_evaluator({"MIXER_HEAD": "entropy", "TTT_EPOCHS": "0", "EVAL_CHUNK_TOKENS": "400",
+                            "NGRAM_MIN_COUNT": "1"})
+    mixed, _ = run_score_first(ev, a, record=False)
+    ev, a = make_evaluator({"MIXER_HEAD": "none", "TTT_EPOCHS": "1", "TTT_LR": "0.05", "EVAL_CHUNK_TOKENS": "400"})
+    adapted, _ = run_score_first(ev, a, record=False)
+    assert mixed.val_loss < plain.val_loss - 0.5
+    assert adapted.val_loss < plain.val_loss
+
+
+def test_ttt_trains_only_on_scored_chunks_in_order(monkeypatch):
+    ev, a = make_evaluator({"EVAL_CHUNK_TOKENS": "700", "TTT_EPOCHS": "1"})
+    events = []
+    real_score = tg.score_chunk
+    monkeypatch.setattr(tg, "score_chunk", lambda ev, cache, t0, t1, stride: events.append(("score", t0, t1))
+                        or real_score(ev, cache, t0, t1, stride))
+    tg.evaluate(ev, "x", 16, 700, None, lambda t0, t1: events.append(("ttt", t0, t1)))
+    n = ev.tokens.numel() - 1
+    bounds = [(t, min(t + 700, n + 1)) for t in range(1, n + 1, 700)]
+    expected = [e for t0, t1 in bounds for e in [("score", t0, t1), ("ttt", t0, t1)]][:-1]  # no TTT after the last
+    assert events == expected
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("params, freeze", [("all", 1), ("q", 0)])
+def test_ttt_changes_only_what_it_should(optimizer, params, freeze):
+    ev, a = make_evaluator({"TTT_OPTIMIZER": optimizer, "TTT_PARAMS": params, "TTT_FREEZE_BLOCKS": str(freeze),
+                            "TTT_LR": "0.01", "NUM_LAYERS": "2"})
+    before = {k: v.clone() for k, v in ev.model.state_dict().items()}
+    trainable = tg.ttt_parameters(ev.model, a)
+    opt = tg.build_ttt_optimizer(trainable, a)
+    tg.ttt_on_chunk(ev, opt, trainable, 1, 600, a)
+    changed = {k for k, v in ev.model.state_dict().items() if not torch.equal(v, before[k])}
+    if params == "q":
+        assert changed == {"blocks.0.attn.q.weight", "blocks.1.attn.q.weight"}
+    else:
+        assert not any(k.startswith("blocks.0.") for k in changed)  # frozen block
+        assert {"blocks.1.attn.q.weight", "blocks.1.mlp.fc.weight", "tok_emb.weight"} <= changed
+
+
+def test_compliance_verdicts_flip_at_each_limit():
+    ok = tg.load_hyperparameters({})
+    r = tg.compliance_report(ok, 599.0, 599.0, 16_000_000)
+    assert set(r["verdicts"].values()) == {"PASS"}
+    r = tg.compliance_report(ok, 601.0, 600.5, 16_000_001)
+    assert (r["verdicts"]["train_time"], r["verdicts"]["eval_time"], r["verdicts"]["artifact_size"]) == ("FAIL",) * 3
+    leaky = tg.load_hyperparameters({"NGRAM_SCORING": "hashed_target", "NGRAM_EVAL_PREFILL": "train"})
+    r = tg.compliance_report(leaky, 1.0, 1.0, 1)
+    assert r["verdicts"]["scoring"] == "FAIL" and r["verdicts"]["train_data_at_eval"] == "FAIL"
+    assert r["scoring"] == "hashed_target" and r["train_data_at_eval"] == "yes"
+    assert tg.compliance_report(ok, None, 1.0, 1)["verdicts"]["train_time"] == "SKIP"
+
+
+def test_audit_passes_for_normalized_and_exposes_hashed_target():
+    for scoring, expect_ok in [("normalized", True), ("hashed_target", False)]:
+        ev, a = make_evaluator({"NGRAM_SCORING": scoring, "NGRAM_BUCKETS": "256", "NGRAM_MIN_COUNT": "1",
+                                "TTT_EPOCHS": "0", "MIXER_HEAD": "entropy"}, n_tokens=1500)
+        cache = tg.new_cache(a, "cpu")
+        tg.add_chunk_to_cache(cache, ev.tokens, 1, 1000)
+        line = tg.audit_mixture(ev, cache, 8, seed=0)
+        fields = dict(tok.split(":", 1) for tok in line.split()[1:])
+        assert fields["target_independent"] == "yes"
+        assert (float(fields["max_abs_sum_err"]) <= 1e-5) == expect_ok, line

@@ -1,0 +1,98 @@
+"""End-to-end PRESET=smoke runs: torchrun with 1 and 2 ranks (gloo), every mixer head, order 16, hashed_target,
+re-evaluation of the exported artifact in a fresh process, and multi-rank evaluation equal to one rank."""
+import json
+import re
+
+import pytest
+
+from conftest import log_value, run_train
+
+FINAL_LINES = ("final_int6_roundtrip_exact", "final_int6_sliding_window_exact", "legal_ttt_exact", "ngram_audit",
+               "Total submission size", "compliance_json")
+
+
+def assert_finished(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for prefix in FINAL_LINES:
+        assert any(line.startswith(prefix) for line in proc.stdout.splitlines()), prefix
+
+
+def exact_line(proc, name):
+    return next(line for line in proc.stdout.splitlines() if line.startswith(name + " "))
+
+
+@pytest.fixture(scope="module")
+def one_rank_run(sample_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run1")
+    return tmp, run_train(tmp, {"PRESET": "smoke", "RUN_ID": "r1"}, nproc=1)
+
+
+def test_torchrun_one_rank_runs_every_stage(one_rank_run):
+    tmp, proc = one_rank_run
+    assert_finished(proc)
+    out = proc.stdout
+    assert float(log_value(out, "ngram_audit", "max_abs_sum_err")) <= 1e-5
+    assert log_value(out, "ngram_audit", "target_independent") == "yes"
+    report = json.loads((tmp / "logs/r1.compliance.json").read_text())
+    assert set(report["verdicts"].values()) == {"PASS"} and report["scoring"] == "normalized"
+    assert re.search(r"^step:30/30 train_loss:\S+ train_time:\d+ms step_avg:\S+ms$", out, re.M)
+    log = (tmp / "logs/r1.txt").read_text()
+    assert log.startswith("source train_gpt.py sha256:") and "legal_ttt_exact" in log
+    assert int(log_value(out, "eval_scored label:legal_ttt", "targets")) == int(
+        log_value(out, "eval_scored label:legal_ttt", "expected"))
+
+
+def test_artifact_reevaluated_in_fresh_process_reproduces_exactly(one_rank_run):
+    tmp, proc = one_rank_run
+    again = run_train(tmp, {"PRESET": "smoke", "RUN_ID": "r1_eval", "LOAD_ARTIFACT": "logs/r1.ptz"})
+    assert_finished(again)
+    for name in ("final_int6_roundtrip_exact", "final_int6_sliding_window_exact", "legal_ttt_exact"):
+        assert exact_line(again, name) == exact_line(proc, name)
+    assert log_value(again.stdout, "compliance", "train_time") == "n/a"
+
+
+def test_two_rank_evaluation_equals_one_rank(one_rank_run):
+    tmp, _ = one_rank_run
+    two = run_train(tmp, {"PRESET": "smoke", "RUN_ID": "r1_eval2", "LOAD_ARTIFACT": "logs/r1.ptz"}, nproc=2)
+    assert_finished(two)
+    one = json.loads((tmp / "logs/r1.chunks.json").read_text())
+    both = json.loads((tmp / "logs/r1_eval2.chunks.json").read_text())
+    assert len(one) == len(both) > 1
+    for a, b in zip(one, both):
+        assert b[1:] == a[1:]  # same bytes and target counts per chunk
+        assert b[0] == pytest.approx(a[0], rel=1e-6)
+
+
+def test_same_seed_twice_gives_the_same_result(one_rank_run, sample_data, tmp_path):
+    _, proc = one_rank_run
+    again = run_train(tmp_path, {"PRESET": "smoke", "RUN_ID": "r2"})
+    assert exact_line(again, "legal_ttt_exact") == exact_line(proc, "legal_ttt_exact")
+
+
+def test_torchrun_two_ranks_trains_and_finishes(sample_data, tmp_path):
+    proc = run_train(tmp_path, {"PRESET": "smoke", "RUN_ID": "w2"}, nproc=2)
+    assert_finished(proc)
+    assert "hardware world_size:2" in proc.stdout
+
+
+@pytest.mark.parametrize("env", [{"MIXER_HEAD": "entropy", "NGRAM_MAX_ORDER": "16", "NGRAM_EVAL_PREFILL": "train"},
+                                 {"MIXER_HEAD": "multi", "NGRAM_MAX_ORDER": "16", "COMPLEMENT_ALPHA": "0.5",
+                                  "TTT_PARAMS": "q", "TTT_OPTIMIZER": "adamw"},
+                                 {"MIXER_HEAD": "none", "TTT_EPOCHS": "0"}])
+def test_each_head_runs_end_to_end(sample_data, tmp_path, env):
+    proc = run_train(tmp_path, {"PRESET": "smoke", "RUN_ID": "h"} | env)
+    assert_finished(proc)
+    if env["MIXER_HEAD"] != "none":
+        assert float(log_value(proc.stdout, "ngram_audit", "max_abs_sum_err")) <= 1e-5
+    if env.get("NGRAM_EVAL_PREFILL") == "train":
+        assert log_value(proc.stdout, "compliance", "train_data_at_eval") == "yes"
+
+
+def test_hashed_target_is_labelled_invalid(sample_data, tmp_path):
+    proc = run_train(tmp_path, {"PRESET": "smoke", "RUN_ID": "leaky", "NGRAM_SCORING": "hashed_target",
+                                "NGRAM_BUCKETS": "1024", "TTT_EPOCHS": "0"})
+    assert_finished(proc)
+    assert "WARNING NGRAM_SCORING=hashed_target" in proc.stdout
+    assert float(log_value(proc.stdout, "ngram_audit", "max_abs_sum_err")) > 1e-3
+    report = json.loads((tmp_path / "logs/leaky.compliance.json").read_text())
+    assert report["verdicts"]["scoring"] == "FAIL"
