@@ -187,3 +187,18 @@ def test_export_round_trip_is_exact():
         assert torch.equal(restored[k], expected[k]), k
     with pytest.raises(tg.UserError, match="not a readable train_gpt.py artifact"):
         tg.deserialize_artifact(blob[:100], "cut.ptz")
+
+
+def test_nan_loss_stops_with_a_clear_message():
+    a = tg.load_hyperparameters({"PRESET": "smoke", "TRAIN_BATCH_TOKENS": "256", "TRAIN_SEQ_LEN": "64"})
+    model = tg.GPT(tg.ModelConfig.from_args(a))
+    with torch.no_grad():
+        model.tok_emb.weight[5] = float("nan")
+
+    class Fives:
+        def take(self, n):
+            import numpy as np
+            return np.full(n, 5, dtype=np.uint16)
+    rt = tg.Runtime(0, 1, 0, torch.device("cpu"), lambda m: None, "t")
+    with pytest.raises(tg.TrainingDiverged, match="train_loss is nan at step 7; lower MATRIX_LR"):
+        tg.train_step(model, tg.build_optimizers(model, a), Fives(), None, tg.MixerConfig.from_args(a), a, rt, 1, 1.0, 7)
