@@ -281,8 +281,9 @@ def write_shard(path: str | Path, tokens: np.ndarray) -> None:
         f.write(tokens.astype("<u2").tobytes())
 
 
-def read_shard(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
-    """Read one shard as uint16, checking magic, version, size and (optionally) that every id < vocab_size."""
+def read_shard(path: str | Path, vocab_size: int | None = None, mmap: bool = False) -> np.ndarray:
+    """Read one shard as uint16, checking magic, version, size and (optionally) that every id < vocab_size.
+    mmap=True maps the tokens instead of reading them (the id check is then the caller's, per slice)."""
     path = Path(path)
     size = path.stat().st_size if path.exists() else -1
     if size < SHARD_HEADER_INTS * 4:
@@ -296,10 +297,16 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
     if size != expected:
         raise UserError(f"{path}: {size} bytes but the header promises {header[2]} tokens ({expected} bytes); "
                         "truncated or corrupt, download it again")
+    if mmap:
+        return np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_INTS * 4, shape=(int(header[2]),))
     tokens = np.fromfile(path, dtype="<u2", count=int(header[2]), offset=SHARD_HEADER_INTS * 4)
+    check_token_ids(tokens, vocab_size, path)
+    return tokens
+
+
+def check_token_ids(tokens: np.ndarray, vocab_size: int | None, path) -> None:
     if vocab_size is not None and tokens.size and int(tokens.max()) >= vocab_size:
         raise UserError(f"{path}: token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size}; wrong tokenizer or vocab")
-    return tokens
 
 
 def list_shards(data_path: str, split: str) -> list[Path]:
@@ -940,9 +947,10 @@ def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, v
     """Count the training shards (first max_tokens, 0: all) into cache. Blocks are split across ranks; each
     round every rank dedupes its block and all ranks insert the gathered union, so every rank ends with the same
     counts. Contexts do not cross shard boundaries. Returns the number of tokens counted."""
-    blocks, total = [], 0
+    blocks, total, shards = [], 0, {}
     for f in files:
-        n = read_shard(f, vocab_size).size
+        shards[f] = read_shard(f, mmap=True)
+        n = shards[f].size
         n = min(n, max_tokens - total) if max_tokens else n
         blocks += [(f, s, min(s + block_tokens, n)) for s in range(0, n - 1, block_tokens)]
         total += n
@@ -956,7 +964,9 @@ def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, v
             counts = torch.zeros_like(keys)
         else:
             f, s, e = mine
-            toks = torch.from_numpy(read_shard(f, vocab_size)[max(0, s - span):e].astype(np.int64)).to(device)
+            part = np.asarray(shards[f][max(0, s - span):e])
+            check_token_ids(part, vocab_size, f)
+            toks = torch.from_numpy(part.astype(np.int64)).to(device)
             keys = cache.keys(toks[:-1], toks[1:])[:, max(0, s - max(0, s - span) - 1):]  # targets in [s, e)
             keys, counts = zip(*(unique_sum(k[k >= 0], torch.ones_like(k[k >= 0])) for k in keys))
             width = max(k.numel() for k in keys)
@@ -1495,10 +1505,10 @@ def warm_up_and_time_export(model: GPT, optimizers, a, rt: Runtime, accum: int, 
     return time.perf_counter() - t0
 
 
-def train(model: GPT, a, rt: Runtime, ev: Evaluator, mixer: MixerConfig) -> tuple[dict[str, Tensor], NgramCache | None, float]:
+def train(model: GPT, a, rt: Runtime, ev: Evaluator, mixer: MixerConfig,
+          accum: int) -> tuple[dict[str, Tensor], NgramCache | None, float]:
     """Warm-up, then under the clock: oracle prefill and the training loop. Returns (final weights, oracle,
     clock start) so export can be timed on the same clock."""
-    accum = grad_accum_steps(a, rt.world)
     optimizers = build_optimizers(model, a)
     export_s = warm_up_and_time_export(model, optimizers, a, rt, accum, mixer)
     reserve_ms = (1.5 * export_s + 2.0) * 1000 if a.max_wallclock_seconds else 0.0
@@ -1618,13 +1628,15 @@ def evaluate_artifact(path: Path, a, rt: Runtime, byte_tables: ByteTables, val: 
 
 def build_eval_cache(a, rt: Runtime, oracle: NgramCache | None) -> NgramCache:
     """Empty (validation history only) or, with NGRAM_EVAL_PREFILL=train, counted from training data."""
-    if a.ngram_eval_prefill == "none":
-        return new_cache(a, rt.device)
-    if oracle is not None:
-        return oracle.clone()
-    cache = new_cache(a, rt.device)
-    prefill_ngram_cache(cache, list_shards(a.data_path, "train"), a.ngram_prefill_tokens, a.vocab_size, rt.rank,
-                        rt.world, rt.device, rt.log)
+    if a.ngram_eval_prefill == "train" and oracle is not None:
+        cache = oracle.clone()
+    else:
+        cache = new_cache(a, rt.device)
+        if a.ngram_eval_prefill == "train":
+            prefill_ngram_cache(cache, list_shards(a.data_path, "train"), a.ngram_prefill_tokens, a.vocab_size,
+                                rt.rank, rt.world, rt.device, rt.log)
+    rt.log(f"ngram_eval_cache prefill:{a.ngram_eval_prefill} orders:2..{a.ngram_max_order} buckets:{a.ngram_buckets} "
+           f"scoring:{a.ngram_scoring} bytes:{cache.nbytes()}")
     return cache
 
 
@@ -1667,14 +1679,15 @@ def log_compliance(rt: Runtime, report: dict) -> None:
 
 def build_model(cfg: ModelConfig, device) -> GPT:
     model = GPT(cfg).to(device)
-    if device.type == "cuda":  # compile the transformer body; the n-gram work around it stays eager
-        model.hidden = torch.compile(model.hidden, dynamic=False)
+    if device.type == "cuda":  # compile the transformer body; the n-gram work around it stays eager. Shapes that
+        model.hidden = torch.compile(model.hidden)  # vary (short first eval windows, last TTT slices) go dynamic
     return model
 
 
 def main() -> None:
     a = load_hyperparameters()
     rt = setup_runtime(a)
+    accum = grad_accum_steps(a, rt.world)  # a world-size-dependent config error, still before any data work
     log_run_header(rt, a)
     if a.ngram_scoring == "hashed_target" and a.mixer_head != "none":
         rt.log("WARNING NGRAM_SCORING=hashed_target: the seeds' target-only lookup is not a normalized probability; "
@@ -1696,7 +1709,7 @@ def main() -> None:
         mixer = MixerConfig.from_args(a)
         ev = Evaluator(model, mixer, byte_tables, val.to(rt.device), a.train_seq_len, a.eval_batch_seqs, rt.rank,
                        rt.world, rt.log)
-        weights, oracle, clock_start = train(model, a, rt, ev, mixer)
+        weights, oracle, clock_start = train(model, a, rt, ev, mixer, accum)
         path, artifact_bytes = export(weights, model_cfg, a, rt)
         train_seconds = time.perf_counter() - clock_start
         rt.log(f"train_seconds:{train_seconds:.1f} (prefill + training + export, monitoring evals excluded)")
