@@ -363,6 +363,9 @@ class TokenStream:
     """Endless sequential reader over the train shards; every rank reads the same stream and keeps its own span."""
 
     def __init__(self, files: list[Path], vocab_size: int):
+        for f in files:  # header-only check: an empty shard would make take() spin forever
+            if read_shard(f, mmap=True).size == 0:
+                raise UserError(f"{f}: empty shard (0 tokens); delete it or download it again")
         self.files, self.vocab_size, self.file_idx = files, vocab_size, 0
         self.tokens, self.pos = read_shard(files[0], vocab_size), 0
 
@@ -1573,16 +1576,21 @@ def export(weights: dict[str, Tensor], model_cfg: ModelConfig, a, rt: Runtime) -
     """Quantize, compress and write logs/<RUN_ID>.ptz (rank 0); returns (path, artifact bytes incl. code)."""
     blob = serialize_artifact(quantize_state(weights, a), model_cfg, a.zstd_level)
     path = Path("logs") / f"{rt.run_id}.ptz"
-    code_bytes = len(Path(__file__).read_bytes())
     if rt.rank == 0:
         path.write_bytes(blob)
     if rt.world > 1:
         dist.barrier()
+    return path, log_sizes(rt, a, len(blob))
+
+
+def log_sizes(rt: Runtime, a, model_bytes: int) -> int:
+    """Log model, code and total bytes in the challenge's lines; returns the total (the artifact size)."""
+    code_bytes = len(Path(__file__).read_bytes())
     label = f"int{a.quant_bits}+zstd"
-    rt.log(f"Serialized model {label}: {len(blob)} bytes")
+    rt.log(f"Serialized model {label}: {model_bytes} bytes")
     rt.log(f"Code size: {code_bytes} bytes")
-    rt.log(f"Total submission size {label}: {len(blob) + code_bytes} bytes")
-    return path, len(blob) + code_bytes
+    rt.log(f"Total submission size {label}: {model_bytes + code_bytes} bytes")
+    return model_bytes + code_bytes
 
 
 def evaluate_artifact(path: Path, a, rt: Runtime, byte_tables: ByteTables, val: Tensor,
@@ -1701,7 +1709,7 @@ def main() -> None:
         path = Path(a.load_artifact)
         if not path.is_file():
             raise UserError(f"LOAD_ARTIFACT={a.load_artifact!r} does not exist")
-        artifact_bytes = path.stat().st_size + len(Path(__file__).read_bytes())
+        artifact_bytes = log_sizes(rt, a, path.stat().st_size)
     else:
         model_cfg = ModelConfig.from_args(a)
         model = build_model(model_cfg, rt.device)

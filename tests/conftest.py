@@ -33,6 +33,6 @@ def run_train(tmp_path: Path, env: dict, nproc: int = 0, timeout: int = 300) -> 
 
 
 def log_value(text: str, prefix: str, key: str) -> str:
-    """The value of key:VALUE on the last line starting with prefix."""
-    line = [ln for ln in text.splitlines() if ln.startswith(prefix + " ")][-1]
+    """The value of key:VALUE on the last line that starts with prefix and has that key."""
+    line = [ln for ln in text.splitlines() if ln.startswith(prefix + " ") and f" {key}:" in ln][-1]
     return next(tok.split(":", 1)[1] for tok in line.split() if tok.startswith(key + ":"))
