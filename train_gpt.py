@@ -787,70 +787,75 @@ def mix64(x: Tensor) -> Tensor:
 
 
 class CountTable:
-    """Open-addressing hash map int64 key (>= 0) -> int32 count, double hashing, keys stored and verified.
+    """Open-addressing hash maps int64 key (>= 0) -> int32 count with stored, verified keys: `segments` independent
+    maps of `capacity` slots in one tensor, so every order's pair and context maps are probed in one loop.
 
     Batched: add() counts keys already present, then lets new keys claim empty slots probe by probe; when two
-    new keys race for one slot one wins and the other probes on. Occupancy is capped at max_load: past it the
-    least frequent new keys of a batch are dropped (reported, never merged with another key), which keeps every
-    unsuccessful lookup short, since it ends at the first empty slot. No deletions, so lookups stay consistent.
+    new keys race for one slot one wins and the other probes on. Occupancy per segment is capped at max_load: past
+    it the least frequent new keys of a batch are dropped (reported, never merged with another key), which keeps
+    every miss short, since it ends at the first empty slot. No deletions, so lookups stay consistent.
     """
 
-    def __init__(self, capacity: int, device, max_load: float = 0.75, max_probes: int = 64):
-        self.keys = torch.full((capacity,), EMPTY_KEY, dtype=torch.int64, device=device)
-        self.counts = torch.zeros(capacity, dtype=torch.int32, device=device)
-        self.mask, self.max_probes, self.used, self.limit = capacity - 1, max_probes, 0, int(capacity * max_load)
+    def __init__(self, segments: int, capacity: int, device, max_load: float = 0.75, max_probes: int = 64):
+        self.keys = torch.full((segments * capacity,), EMPTY_KEY, dtype=torch.int64, device=device)
+        self.counts = torch.zeros(segments * capacity, dtype=torch.int32, device=device)
+        self.capacity, self.mask, self.max_probes = capacity, capacity - 1, max_probes
+        self.used = torch.zeros(segments, dtype=torch.int64, device=device)
+        self.limit = int(capacity * max_load)
 
     def nbytes(self) -> int:
         return self.keys.numel() * 8 + self.counts.numel() * 4
 
-    @staticmethod
-    def probe_start(keys: Tensor) -> tuple[Tensor, Tensor]:
-        """Home slot and an odd stride per key. Double hashing: at 75% load a miss takes ~4 probes (at most ~35
-        measured) where linear probing's clusters take ~8 (at most ~136)."""
-        return mix64(keys), (mix64(keys ^ 0x5BD1E995) >> 20) | 1
+    def probe_start(self, keys: Tensor, seg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Segment base, home slot and odd stride per key. Double hashing: at 75% load a miss takes ~4 probes (at
+        most ~35 measured) where linear probing's clusters take ~8 (at most ~136)."""
+        return seg * self.capacity, mix64(keys), (mix64(keys ^ 0x5BD1E995) >> 20) | 1
 
-    def find(self, keys: Tensor) -> Tensor:
-        """Slot of each key (flat int64 tensor), -1 where absent."""
+    def find(self, keys: Tensor, seg: Tensor) -> Tensor:
+        """Flat slot of each (segment, key), -1 where absent."""
         slots = torch.full_like(keys, -1)
         pending = torch.arange(keys.numel(), device=keys.device)
-        home, stride = self.probe_start(keys)
+        base, home, stride = self.probe_start(keys, seg)
         for probe in range(self.max_probes):
             if pending.numel() == 0:
                 break
-            slot = (home[pending] + probe * stride[pending]) & self.mask
+            slot = base[pending] + ((home[pending] + probe * stride[pending]) & self.mask)
             found = self.keys[slot]
             hit = found == keys[pending]
             slots[pending[hit]] = slot[hit]
             pending = pending[~hit & (found != EMPTY_KEY)]
         return slots
 
-    def add(self, keys: Tensor, counts: Tensor) -> Tensor:
-        """Add counts for distinct keys; returns a bool mask of keys that were stored."""
-        slots = self.find(keys)
+    def add(self, keys: Tensor, counts: Tensor, seg: Tensor) -> Tensor:
+        """Add counts for distinct (segment, key) pairs; returns a bool mask of those that were stored."""
+        slots = self.find(keys, seg)
         stored = slots >= 0
         self.counts.index_add_(0, slots[stored], counts[stored].to(torch.int32))
         new = torch.nonzero(~stored).squeeze(1)
-        budget = max(self.limit - self.used, 0)
-        if new.numel() > budget:  # keep the most frequent new keys (stable: ties by key order)
-            new = new[torch.argsort(counts[new], descending=True, stable=True)[:budget]]
-        home, stride = self.probe_start(keys[new])
+        # within each segment keep the most frequent new keys that fit its budget (stable: ties by key order)
+        new = new[torch.argsort(counts[new], descending=True, stable=True)]
+        new = new[torch.argsort(seg[new], stable=True)]
+        first = torch.searchsorted(seg[new], seg[new], right=False)
+        new = new[torch.arange(new.numel(), device=new.device) - first < (self.limit - self.used)[seg[new]]]
+        base, home, stride = self.probe_start(keys[new], seg[new])
         for probe in range(self.max_probes):
             if new.numel() == 0:
                 break
-            slot = (home + probe * stride) & self.mask
+            slot = base + ((home + probe * stride) & self.mask)
             empty = self.keys[slot] == EMPTY_KEY
             self.keys[slot[empty]] = keys[new[empty]]  # racing writers: exactly one key lands per slot
             mine = self.keys[slot] == keys[new]
             self.counts.index_add_(0, slot[mine], counts[new[mine]].to(torch.int32))
             stored[new[mine]] = True
-            self.used += int(mine.sum())
-            new, home, stride = new[~mine], home[~mine], stride[~mine]
+            self.used += torch.bincount(seg[new[mine]], minlength=self.used.numel())
+            keep = ~mine
+            new, base, home, stride = new[keep], base[keep], home[keep], stride[keep]
         return stored
 
-    def lookup(self, keys: Tensor) -> Tensor:
-        """Counts of keys (0 where absent), any shape."""
-        slots = self.find(keys.reshape(-1))
-        return torch.where(slots >= 0, self.counts[slots.clamp_min(0)], 0).view(keys.shape)
+    def lookup(self, keys: Tensor, seg: Tensor) -> Tensor:
+        """Counts of (segment, key) pairs (0 where absent), flat tensors."""
+        slots = self.find(keys, seg)
+        return torch.where(slots >= 0, self.counts[slots.clamp_min(0)], 0)
 
 
 class NgramCache:
@@ -858,6 +863,7 @@ class NgramCache:
 
     A position t of a history tensor hist [..., T] has context hist[..., t-k+2 .. t] for order k (the k-1 tokens
     ending at t) and predicts the token after it. Keys are -1 where the history is too short for the order.
+    Segment 2o holds order o's (context, token) counts, segment 2o+1 its context counts.
     """
 
     def __init__(self, max_order: int, buckets: int, vocab_size: int, scoring: str, min_count: int, device):
@@ -866,14 +872,12 @@ class NgramCache:
         self.vocab_bits = max(1, (vocab_size - 1).bit_length())
         self.fp_mask = (1 << (63 - self.vocab_bits)) - 1  # fingerprint << vocab_bits | token stays a positive int64
         if scoring == "normalized":
-            self.pair = [CountTable(buckets, device) for _ in self.orders]
-            self.ctx = [CountTable(buckets, device) for _ in self.orders]
-        else:  # the seeds' direct-mapped counters, indexed by hash bucket
-            self.pair = [torch.zeros(buckets, dtype=torch.int32, device=device) for _ in self.orders]
-            self.ctx = [torch.zeros(buckets, dtype=torch.int32, device=device) for _ in self.orders]
+            self.table = CountTable(2 * len(self.orders), buckets, device)
+        else:  # the seeds' direct-mapped counters, indexed by segment * buckets + hash bucket
+            self.dense = torch.zeros(2 * len(self.orders) * buckets, dtype=torch.int32, device=device)
 
     def nbytes(self) -> int:
-        return sum(t.nbytes() if isinstance(t, CountTable) else t.numel() * 4 for t in self.pair + self.ctx)
+        return self.table.nbytes() if self.scoring == "normalized" else self.dense.numel() * 4
 
     def keys(self, hist: Tensor, nxt: Tensor) -> Tensor:
         """Pair keys [n_orders, *hist.shape] for (context ending at t, token nxt[t]); -1 without enough history."""
@@ -897,46 +901,49 @@ class NgramCache:
 
     def add(self, keys: Tensor, counts: Tensor | None = None) -> None:
         """Count pair keys [n_orders, n] (-1 entries ignored), with per-key counts if given (default 1 each)."""
-        for o in range(len(self.orders)):
-            k = keys[o]
-            c = torch.ones_like(k) if counts is None else counts[o]
-            k, c = k[k >= 0], c[k >= 0]
-            k, inverse = torch.unique(k, return_inverse=True)
-            c = torch.zeros_like(k).index_add_(0, inverse, c)
-            if self.scoring == "normalized":
-                stored = self.pair[o].add(k, c)
-                self.ctx[o].add(*unique_sum(k[stored] >> self.vocab_bits, c[stored]))
-            else:
-                self.pair[o].index_add_(0, k // self.buckets, c.to(torch.int32))
-                self.ctx[o].index_add_(0, k % self.buckets, c.to(torch.int32))
+        uniq = [unique_sum(k[k >= 0], (torch.ones_like(k) if counts is None else counts[o])[k >= 0])
+                for o, k in enumerate(keys)]
+        k = torch.cat([u[0] for u in uniq])
+        c = torch.cat([u[1] for u in uniq])
+        seg = torch.cat([torch.full_like(u[0], 2 * o) for o, u in enumerate(uniq)])
+        if self.scoring == "normalized":
+            stored = self.table.add(k, c, seg)
+            # contexts count only the pairs that were stored; seg sits above the fingerprint bits to dedupe by order
+            packed, pc = unique_sum((k[stored] >> self.vocab_bits) | ((seg[stored] + 1) << (63 - self.vocab_bits)),
+                                    c[stored])
+            self.table.add(packed & self.fp_mask, pc, packed >> (63 - self.vocab_bits))
+        else:
+            base = seg * self.buckets
+            self.dense.index_add_(0, base + k // self.buckets, c.to(torch.int32))
+            self.dense.index_add_(0, base + self.buckets + k % self.buckets, c.to(torch.int32))
 
     def expert_probs(self, keys: Tensor) -> tuple[Tensor, Tensor]:
         """(p [n_orders, ...] float32 of the keyed next token, valid [n_orders, ...] bool). valid reads only the
-        context count, never the token."""
-        ps, valids = [], []
-        for o in range(len(self.orders)):
-            k = keys[o].clamp_min(0)
-            if self.scoring == "normalized":
-                n, c = self.pair[o].lookup(k), self.ctx[o].lookup(k >> self.vocab_bits)
-            else:
-                c = self.ctx[o][k % self.buckets]
-                n = torch.minimum(self.pair[o][k // self.buckets], c)
-            ps.append(n.float() / c.clamp_min(1).float())
-            valids.append((keys[o] >= 0) & (c >= self.min_count))
-        return torch.stack(ps), torch.stack(valids)
+        context count, never the token. All orders are looked up in one pass."""
+        n_orders, shape = len(self.orders), keys.shape
+        k = keys.reshape(n_orders, -1).clamp_min(0)
+        seg = 2 * torch.arange(n_orders, device=k.device)[:, None].expand_as(k)
+        if self.scoring == "normalized":
+            counts = self.table.lookup(torch.cat([k, k >> self.vocab_bits]).reshape(-1),
+                                       torch.cat([seg, seg + 1]).reshape(-1)).view(2 * n_orders, -1)
+            n, c = counts[:n_orders], counts[n_orders:]
+        else:
+            base = seg * self.buckets
+            c = self.dense[base + self.buckets + k % self.buckets]
+            n = torch.minimum(self.dense[base + k // self.buckets], c)
+        p = n.float() / c.clamp_min(1).float()
+        valid = (keys.reshape(n_orders, -1) >= 0) & (c >= self.min_count)
+        return p.view(shape), valid.view(shape)
 
     def clone(self) -> "NgramCache":
-        new = object.__new__(NgramCache)
-        new.__dict__ = dict(self.__dict__)
-        copy = lambda t: t.clone() if isinstance(t, Tensor) else _clone_table(t)
-        new.pair, new.ctx = [copy(t) for t in self.pair], [copy(t) for t in self.ctx]
+        new = copy.copy(self)
+        if self.scoring == "normalized":
+            new.table = copy.copy(self.table)
+            new.table.keys, new.table.counts, new.table.used = (t.clone() for t in (self.table.keys, self.table.counts,
+                                                                                   self.table.used))
+        else:
+            new.dense = self.dense.clone()
         return new
-
-
-def _clone_table(t: CountTable) -> CountTable:
-    new = object.__new__(CountTable)
-    new.__dict__ = dict(t.__dict__, keys=t.keys.clone(), counts=t.counts.clone())
-    return new
 
 
 def unique_sum(keys: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
