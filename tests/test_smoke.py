@@ -96,3 +96,25 @@ def test_hashed_target_is_labelled_invalid(sample_data, tmp_path):
     assert float(log_value(proc.stdout, "ngram_audit", "max_abs_sum_err")) > 1e-3
     report = json.loads((tmp_path / "logs/leaky.compliance.json").read_text())
     assert report["verdicts"]["scoring"] == "FAIL"
+
+
+def test_record_folder_from_real_runs(one_rank_run, sample_data, tmp_path):
+    """records/make_record.py on logs of tiny real runs: two seeds, the script hash checked, numbers as logged."""
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "records"))
+    import make_record
+    tmp, first = one_rank_run
+    second = run_train(tmp, {"PRESET": "smoke", "RUN_ID": "r_seed7", "SEED": "7"})
+    assert_finished(second)
+    folder = make_record.make_record([tmp / "logs/r1.txt", tmp / "logs/r_seed7.txt"], name="smoke_example",
+                                     out_root=tmp_path, script=ROOT / "train_gpt.py", date="2026-01-02",
+                                     non_record=True, warn=lambda msg: None)
+    sub = json.loads((folder / "submission.json").read_text())
+    assert sorted(sub["seeds"]) == [7, 1337]
+    assert sub["seed_results"]["1337"]["val_bpb"] == pytest.approx(float(log_value(first.stdout, "legal_ttt_exact", "val_bpb")))
+    assert (folder / "train_gpt.py").read_bytes() == (ROOT / "train_gpt.py").read_bytes()
+    assert (folder / "train_seed7.log").exists() and "non-record" in (folder / "README.md").read_text().lower()
+    with pytest.raises(make_record.RecordError):  # same seed twice is refused
+        make_record.make_record([tmp / "logs/r1.txt", tmp / "logs/r1.txt"], name="dup", out_root=tmp_path,
+                                script=ROOT / "train_gpt.py", non_record=True, warn=lambda msg: None)
