@@ -117,6 +117,7 @@ KNOBS: list[tuple[str, list[Knob]]] = [
         Knob("NGRAM_MIN_COUNT", int, 2, "an order is valid iff its context count >= this", 1, 10**9),
         Knob("NGRAM_PREFILL_TOKENS", int, 0, "training tokens counted into the frozen oracle (0: all)", 0, 2**62),
         Knob("NGRAM_SCORING", str, "normalized", "normalized (valid) or hashed_target (the seeds' leaky scoring, invalid)", choices=("normalized", "hashed_target")),
+        Knob("NGRAM_ORACLE_LOO", bool, True, "oracle leaves out the training position's own count (0: the seeds)"),
         Knob("NGRAM_EVAL_PREFILL", str, "none", "eval cache starts empty or from training data", choices=("none", "train")),
         Knob("NGRAM_ENT_BASE", float, 0.05, "entropy head: alpha floor", 0, 1),
         Knob("NGRAM_ENT_RANGE", float, 0.55, "entropy head: alpha range", 0, 1),
@@ -368,8 +369,11 @@ class TokenStream:
                 raise UserError(f"{f}: empty shard (0 tokens); delete it or download it again")
         self.files, self.vocab_size, self.file_idx = files, vocab_size, 0
         self.tokens, self.pos = read_shard(files[0], vocab_size), 0
+        self.total = sum(read_shard(f, mmap=True).size for f in files)
+        self.offset = 0  # stream position of the next token, so callers can tell which tokens the oracle counted
 
     def take(self, n: int) -> np.ndarray:
+        self.offset = (self.offset + n) % self.total
         parts = []
         while n > 0:
             if self.pos >= self.tokens.size:
@@ -383,13 +387,15 @@ class TokenStream:
 
 
 def next_micro_batch(stream: TokenStream, global_tokens: int, seq_len: int, rank: int, world: int,
-                     device: torch.device) -> tuple[Tensor, Tensor]:
-    """Inputs and targets [B, seq_len] for this rank's share of one global micro-batch of global_tokens tokens."""
-    per_rank = global_tokens // world
+                     device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs and targets [B, seq_len] for this rank's share of one global micro-batch of global_tokens tokens,
+    and the stream position of every target (flat, int64), which says whether the oracle counted it."""
+    per_rank, start = global_tokens // world, stream.offset
     chunk = stream.take(global_tokens + world)  # +1 token per rank so each span has its own shifted targets
     span = torch.from_numpy(chunk[rank * (per_rank + 1):(rank + 1) * (per_rank + 1)].astype(np.int64))
     x, y = span[:-1].view(-1, seq_len), span[1:].view(-1, seq_len)
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    where = (start + rank * (per_rank + 1) + 1 + torch.arange(per_rank)) % stream.total
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True), where.to(device, non_blocking=True)
 
 
 def load_validation_tokens(data_path: str, vocab_size: int, max_targets: int) -> Tensor:
@@ -917,9 +923,10 @@ class NgramCache:
             self.dense.index_add_(0, base + k // self.buckets, c.to(torch.int32))
             self.dense.index_add_(0, base + self.buckets + k % self.buckets, c.to(torch.int32))
 
-    def expert_probs(self, keys: Tensor) -> tuple[Tensor, Tensor]:
+    def expert_probs(self, keys: Tensor, counted: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(p [n_orders, ...] float32 of the keyed next token, valid [n_orders, ...] bool). valid reads only the
-        context count, never the token. All orders are looked up in one pass."""
+        context count, never the token. All orders are looked up in one pass. counted (training only, bool like
+        one order of keys): positions whose own occurrence is in the counts; it is left out of them."""
         n_orders, shape = len(self.orders), keys.shape
         k = keys.reshape(n_orders, -1).clamp_min(0)
         seg = 2 * torch.arange(n_orders, device=k.device)[:, None].expand_as(k)
@@ -931,6 +938,9 @@ class NgramCache:
             base = seg * self.buckets
             c = self.dense[base + self.buckets + k % self.buckets]
             n = torch.minimum(self.dense[base + k // self.buckets], c)
+        if counted is not None:  # leave-one-out, only where the pair was stored (a dropped pair is in neither count)
+            own = (counted.reshape(1, -1) & (n > 0)).int()
+            n, c = n - own, c - own
         p = n.float() / c.clamp_min(1).float()
         valid = (keys.reshape(n_orders, -1) >= 0) & (c >= self.min_count)
         return p.view(shape), valid.view(shape)
@@ -1074,15 +1084,18 @@ def mixture_log_prob(log_w: Tensor, neural_logp_target: Tensor, ngram_p: Tensor)
     return torch.logsumexp(log_w + torch.cat([neural_logp_target[None], ngram_p.log()]), dim=0)
 
 
-def training_loss(model: nn.Module, x: Tensor, y: Tensor, oracle: NgramCache | None, m: MixerConfig, a) -> Tensor:
+def training_loss(model: nn.Module, x: Tensor, y: Tensor, oracle: NgramCache | None, m: MixerConfig, a,
+                  counted: Tensor | None = None) -> Tensor:
     """CE (optionally complementary-weighted) + MIXER_LOSS_WEIGHT x mixture NLL against the frozen oracle, whose
-    probabilities are constants; the mixture loss trains the gate and, through its input, the transformer."""
+    probabilities are constants; the mixture loss trains the gate and, through its input, the transformer.
+    counted marks targets the oracle counted: leaving their own count out makes the oracle a held-out estimate,
+    as the eval cache is. Without it the gate learns to trust n-grams that have already seen the target."""
     logits, h = model(x)
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
     if oracle is None:
         return nll.mean()
     with torch.no_grad():
-        p, valid = oracle.expert_probs(oracle.keys(x, y))
+        p, valid = oracle.expert_probs(oracle.keys(x, y), counted)
         p, valid = p.reshape(len(oracle.orders), -1), valid.reshape(len(oracle.orders), -1)
     weight = torch.ones_like(nll)
     if a.complement_alpha:  # learn less where the oracle already knows the answer (complementary training)
@@ -1463,8 +1476,9 @@ def set_qat(model: GPT, a, enabled: bool) -> None:
 
 
 def train_step(model: GPT, optimizers, stream: TokenStream, oracle, mixer: MixerConfig, a, rt: Runtime,
-               accum: int, lr_mul: float, step: int) -> float:
-    """One optimizer step over TRAIN_BATCH_TOKENS tokens; returns the mean loss across ranks."""
+               accum: int, lr_mul: float, step: int, oracle_tokens: int = 0) -> float:
+    """One optimizer step over TRAIN_BATCH_TOKENS tokens; returns the mean loss across ranks. oracle_tokens: how
+    many tokens from the stream's start the oracle counted (for leave-one-out)."""
     muon_momentum = a.muon_momentum_warmup_start + (a.muon_momentum - a.muon_momentum_warmup_start) * min(
         1.0, step / max(a.muon_momentum_warmup_steps, 1))
     for opt in optimizers:
@@ -1474,9 +1488,11 @@ def train_step(model: GPT, optimizers, stream: TokenStream, oracle, mixer: Mixer
                 g["momentum"] = muon_momentum
     total = torch.zeros((), device=rt.device)
     for _ in range(accum):
-        x, y = next_micro_batch(stream, a.train_batch_tokens // accum, a.train_seq_len, rt.rank, rt.world, rt.device)
+        x, y, where = next_micro_batch(stream, a.train_batch_tokens // accum, a.train_seq_len, rt.rank, rt.world,
+                                       rt.device)
+        counted = where < oracle_tokens if oracle is not None and a.ngram_oracle_loo else None
         with torch.autocast("cuda", torch.bfloat16, enabled=rt.device.type == "cuda"):
-            loss = training_loss(model, x, y, oracle, mixer, a) / accum
+            loss = training_loss(model, x, y, oracle, mixer, a, counted) / accum
         loss.backward()
         total += loss.detach()
     params = list(model.parameters())
@@ -1502,7 +1518,9 @@ def warm_up_and_time_export(model: GPT, optimizers, a, rt: Runtime, accum: int, 
     opt_states = [copy.deepcopy(o.state_dict()) for o in optimizers]
     gen = torch.Generator().manual_seed(a.seed)
 
-    class Dummy:
+    class Dummy:  # the TokenStream interface over random tokens
+        offset, total = 0, 1 << 62
+
         def take(self, n):
             return torch.randint(0, a.vocab_size, (n,), generator=gen).numpy()
     for step in range(a.warmup_steps):
@@ -1526,14 +1544,15 @@ def train(model: GPT, a, rt: Runtime, ev: Evaluator, mixer: MixerConfig,
            f"grad_accum_steps:{accum}")
     train_files = list_shards(a.data_path, "train")
     clock_start = time.perf_counter()
-    oracle = None
+    oracle, oracle_tokens = None, 0
     if needs_oracle(a):
         oracle = new_cache(a, rt.device)
         rt.log(f"ngram_tables orders:2..{a.ngram_max_order} buckets:{a.ngram_buckets} scoring:{a.ngram_scoring} "
                f"bytes:{oracle.nbytes()} ({oracle.nbytes() / 2**20:.0f} MiB per cache)")
-        n = prefill_ngram_cache(oracle, train_files, a.ngram_prefill_tokens, a.vocab_size, rt.rank, rt.world,
-                                rt.device, rt.log)
-        rt.log(f"ngram_oracle tokens:{n} time:{time.perf_counter() - clock_start:.1f}s")
+        oracle_tokens = prefill_ngram_cache(oracle, train_files, a.ngram_prefill_tokens, a.vocab_size, rt.rank,
+                                            rt.world, rt.device, rt.log)
+        rt.log(f"ngram_oracle tokens:{oracle_tokens} leave_one_out:{int(a.ngram_oracle_loo)} "
+               f"time:{time.perf_counter() - clock_start:.1f}s")
     stream = TokenStream(train_files, a.vocab_size)
     averager = WeightAverager(model, a.ema_decay)
     cap_ms = a.max_wallclock_seconds * 1000 - reserve_ms if a.max_wallclock_seconds else math.inf
@@ -1557,7 +1576,7 @@ def train(model: GPT, a, rt: Runtime, ev: Evaluator, mixer: MixerConfig,
             set_qat(model, a, True)
             qat_on = True
             rt.log(f"late_qat enabled step:{step} lr_mul:{lr_mul:.3f}")
-        loss = train_step(model, optimizers, stream, oracle, mixer, a, rt, accum, lr_mul, step)
+        loss = train_step(model, optimizers, stream, oracle, mixer, a, rt, accum, lr_mul, step, oracle_tokens)
         averager.update(model)
         step += 1
         if a.swa_every and lr_mul < a.swa_start_lrmul and step % a.swa_every == 0:

@@ -20,6 +20,8 @@ STEPS, WARM = int(os.environ.get("BENCH_STEPS", 10)), int(os.environ.get("BENCH_
 
 class RandomStream:
     """Stands in for TokenStream: random tokens, so no data is needed."""
+    offset, total = 0, 1 << 62
+
     def __init__(self, vocab, seed):
         self.rng, self.vocab = np.random.default_rng(seed), vocab
 

@@ -196,6 +196,8 @@ def test_nan_loss_stops_with_a_clear_message():
         model.tok_emb.weight[5] = float("nan")
 
     class Fives:
+        offset, total = 0, 1 << 62
+
         def take(self, n):
             import numpy as np
             return np.full(n, 5, dtype=np.uint16)
