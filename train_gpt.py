@@ -240,6 +240,8 @@ def check_knob_relations(a) -> None:
     n_orders = a.ngram_max_order - 1
     need(len(a.ngram_ent_center) in (1, n_orders), "NGRAM_ENT_CENTER",
          f"must list 1 or {n_orders} centers (orders {a.ngram_max_order}..2)")
+    need(a.ngram_ent_base + a.ngram_ent_range < 1, "NGRAM_ENT_RANGE",
+         f"plus NGRAM_ENT_BASE={a.ngram_ent_base} must stay below 1, or the entropy head could zero the network")
     need(a.ttt_freeze_blocks <= a.num_layers, "TTT_FREEZE_BLOCKS", f"must be <= NUM_LAYERS={a.num_layers}")
     need(a.train_batch_tokens % a.train_seq_len == 0, "TRAIN_BATCH_TOKENS",
          f"must be a multiple of TRAIN_SEQ_LEN={a.train_seq_len}")
@@ -462,7 +464,8 @@ except ImportError:
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """q [B,H,T,D], k/v [B,Hkv,T,D] -> [B,H,T,D]."""
     if _fa3 is not None and q.is_cuda:
-        out = _fa3(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        q, k, v = (t.transpose(1, 2).to(torch.bfloat16) for t in (q, k, v))
+        out = _fa3(q, k, v, causal=True)
         return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
 
@@ -481,7 +484,8 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x) if ve is None else self.v(x) + ve.to(x.dtype)
+        v = self.v(x)
+        v = v if ve is None else v + ve.to(v.dtype)  # v's dtype, not the fp32 residual's (FA3 needs bf16)
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = rms_norm(q), rms_norm(k)  # QK-norm keeps logits bounded; q_gain restores a learned temperature
         if self.rope_dims:
@@ -711,13 +715,14 @@ def build_optimizers(model: GPT, a) -> list[torch.optim.Optimizer]:
     return [muon, adam]
 
 
-def lr_multiplier(a, step: int, elapsed_ms: float) -> float:
-    """1 until the warmdown, then linear to 0: by remaining wallclock when capped, else by remaining steps."""
+def lr_multiplier(a, step: int, elapsed_ms: float, budget_ms: float) -> float:
+    """1 until the warmdown, then linear to 0: by remaining wallclock when capped (elapsed and budget counted
+    from the first step, so prefill time is not mistaken for step time), else by remaining steps."""
     if a.warmdown_iters == 0:
         return 1.0
     if a.max_wallclock_seconds:
         step_ms = elapsed_ms / max(step, 1)
-        remaining_ms = max(a.max_wallclock_seconds * 1000 - elapsed_ms, 0.0)
+        remaining_ms = max(budget_ms - elapsed_ms, 0.0)
         return min(1.0, remaining_ms / max(a.warmdown_iters * step_ms, 1e-9))
     return min(1.0, max(a.iterations - step, 0) / a.warmdown_iters)
 
@@ -875,7 +880,8 @@ class NgramCache:
     def __init__(self, max_order: int, buckets: int, vocab_size: int, scoring: str, min_count: int, device):
         self.orders = list(range(2, max_order + 1))
         self.scoring, self.min_count, self.buckets = scoring, min_count, buckets
-        self.vocab_bits = max(1, (vocab_size - 1).bit_length())
+        # >= 6 bits: add() packs the segment (< 64) above a context fingerprint, which must stay a positive int64
+        self.vocab_bits = max(6, (vocab_size - 1).bit_length())
         self.fp_mask = (1 << (63 - self.vocab_bits)) - 1  # fingerprint << vocab_bits | token stays a positive int64
         if scoring == "normalized":
             self.table = CountTable(2 * len(self.orders), buckets, device)
@@ -962,43 +968,65 @@ def unique_sum(keys: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
     return k, torch.zeros_like(k).index_add_(0, inverse, counts)
 
 
+PREFILL_MAX_SHARE = 0.25  # of the training budget; past it the oracle keeps the prefix counted so far
+
+
 def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, vocab_size: int, rank: int,
-                        world: int, device, log, block_tokens: int = 1 << 22) -> int:
-    """Count the training shards (first max_tokens, 0: all) into cache. Blocks are split across ranks; each
-    round every rank dedupes its block and all ranks insert the gathered union, so every rank ends with the same
-    counts. Contexts do not cross shard boundaries. Returns the number of tokens counted."""
+                        world: int, device, log, time_limit_s: float = 0.0, block_tokens: int = 0) -> int:
+    """Count the training shards (first max_tokens, 0: all) into cache; returns how many tokens it counted, a
+    prefix of the training stream (leave-one-out relies on that). Blocks go round-robin to ranks; each round
+    every rank dedupes its block and all ranks insert the gathered union, so all end with the same counts.
+    Contexts do not cross shard boundaries. Stops after the round in which time_limit_s (if set) ran out."""
+    span = len(cache.orders)
+    block_tokens = block_tokens or max(1 << 18, (1 << 25) // (world * span))  # bounds the gathered keys' memory
     blocks, total, shards = [], 0, {}
     for f in files:
         shards[f] = read_shard(f, mmap=True)
-        n = shards[f].size
-        n = min(n, max_tokens - total) if max_tokens else n
-        blocks += [(f, s, min(s + block_tokens, n)) for s in range(0, n - 1, block_tokens)]
+        n = min(shards[f].size, max_tokens - total) if max_tokens else shards[f].size
+        blocks += [(f, s, min(s + block_tokens, n)) for s in range(0, n, block_tokens)]
         total += n
         if max_tokens and total >= max_tokens:
             break
-    t0, done, span = time.perf_counter(), 0, len(cache.orders)
-    for r in range(0, len(blocks), world):
-        mine = blocks[r + rank] if r + rank < len(blocks) else None
-        if mine is None:
-            keys = torch.full((span, 0), EMPTY_KEY, dtype=torch.int64, device=device)
-            counts = torch.zeros_like(keys)
-        else:
-            f, s, e = mine
+    t0, done, rounds = time.perf_counter(), 0, range(0, len(blocks), world)
+    for i, r in enumerate(rounds):
+        keys = torch.full((span, 0), EMPTY_KEY, dtype=torch.int64, device=device)
+        counts, error = keys, ""
+        if r + rank < len(blocks):
+            f, s, e = blocks[r + rank]
             part = np.asarray(shards[f][max(0, s - span):e])
-            check_token_ids(part, vocab_size, f)
-            toks = torch.from_numpy(part.astype(np.int64)).to(device)
-            keys = cache.keys(toks[:-1], toks[1:])[:, max(0, s - max(0, s - span) - 1):]  # targets in [s, e)
-            keys, counts = zip(*(unique_sum(k[k >= 0], torch.ones_like(k[k >= 0])) for k in keys))
-            width = max(k.numel() for k in keys)
-            keys = torch.stack([F.pad(k, (0, width - k.numel()), value=EMPTY_KEY) for k in keys])
-            counts = torch.stack([F.pad(c, (0, width - c.numel())) for c in counts])
-        if world > 1:
+            try:
+                check_token_ids(part, vocab_size, f)
+                keys, counts = stream_key_counts(cache, torch.from_numpy(part.astype(np.int64)).to(device),
+                                                 max(s - max(0, s - span), 1))
+            except UserError as exc:
+                error = str(exc)
+        flags = torch.tensor([float(bool(error)), float(bool(time_limit_s) and time.perf_counter() - t0 > time_limit_s)],
+                             device=device)
+        if world > 1:  # every rank must take the same branch, or the next collective hangs
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             keys, counts = all_gather_padded(keys), all_gather_padded(counts)
+        if flags[0]:
+            raise UserError(error or "another rank found a token id >= VOCAB_SIZE in a training shard (its error says where)")
         cache.add(keys, counts)
         done += sum(e - s for _, s, e in blocks[r:r + world])
-        log(f"ngram_prefill tokens:{done}/{total} elapsed:{time.perf_counter() - t0:.1f}s "
-            f"rate:{done / max(time.perf_counter() - t0, 1e-9) / 1e6:.1f}M tok/s")
-    return total
+        elapsed = time.perf_counter() - t0
+        if flags[1] or i + 1 == len(rounds) or (i + 1) % max(1, len(rounds) // 10) == 0:
+            log(f"ngram_prefill tokens:{done}/{total} elapsed:{elapsed:.1f}s rate:{done / max(elapsed, 1e-9) / 1e6:.1f}M tok/s")
+        if flags[1]:
+            log(f"ngram_prefill stopped_early: {elapsed:.0f}s is over {PREFILL_MAX_SHARE:.0%} of the training budget; "
+                f"the oracle keeps the first {done} tokens (set NGRAM_PREFILL_TOKENS to choose)")
+            return done
+    return done
+
+
+def stream_key_counts(cache: NgramCache, toks: Tensor, first: int) -> tuple[Tensor, Tensor]:
+    """Distinct pair keys of targets toks[first:] (earlier tokens are context only) and their counts, both
+    [n_orders, width] padded with -1, ready to all-gather and add."""
+    keys = cache.keys(toks[:-1], toks[1:])[:, first - 1:]
+    uniq = [unique_sum(k[k >= 0], torch.ones_like(k[k >= 0])) for k in keys]
+    width = max(k.numel() for k, _ in uniq)
+    return (torch.stack([F.pad(k, (0, width - k.numel()), value=EMPTY_KEY) for k, _ in uniq]),
+            torch.stack([F.pad(c, (0, width - c.numel()), value=EMPTY_KEY) for _, c in uniq]))
 
 
 def all_gather_padded(x: Tensor) -> Tensor:
@@ -1040,9 +1068,10 @@ def mixture_log_weights(m: MixerConfig, gate_logits: Tensor | None, valid: Tenso
     if m.head == "multi":  # learned gate, softmax over the neural expert and the valid orders
         masked = gate_logits.float().T.masked_fill(torch.cat([valid.new_zeros(1, n), ~valid]), -math.inf)
         log_w = torch.log_softmax(masked, dim=0)
-        if m.neural_floor:
+        if m.neural_floor:  # w = floor * [1, 0, ...] + (1 - floor) * softmax, built without in-place writes
             log_w = log_w + math.log1p(-m.neural_floor)
-            log_w[0] = torch.logaddexp(log_w[0], torch.full_like(log_w[0], math.log(m.neural_floor)))
+            floor = torch.logaddexp(log_w[:1], torch.full_like(log_w[:1], math.log(m.neural_floor)))
+            log_w = torch.cat([floor, log_w[1:]])
     elif m.head == "entropy":  # backoff to the highest valid order; trust it more when the network is unsure
         top = torch.where(valid.any(0), n_orders - 1 - valid.flip(0).int().argmax(0), -1)
         entropy = -(neural_logp.exp() * neural_logp).sum(-1).detach()
@@ -1153,7 +1182,7 @@ def quantize_state(state: dict[str, Tensor], a) -> dict[str, dict]:
         bits = quant_bits_for(name, t, a)
         if bits:
             q, s = quantize_rows(t, bits)
-            out[name] = dict(q=q, scale=s, bits=bits)
+            out[name] = dict(q=q.cpu(), scale=s.cpu(), bits=bits)
         else:
             out[name] = dict(value=t.detach().cpu().half() if t.is_floating_point() else t.detach().cpu())
     return out
@@ -1174,7 +1203,8 @@ def deserialize_artifact(blob: bytes, source: str) -> tuple[ModelConfig, dict[st
     """Decompress and dequantize an artifact into (model config, float32 state dict)."""
     import zstandard
     try:
-        payload = torch.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(blob)), weights_only=True)
+        payload = torch.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(blob)), weights_only=True,
+                             map_location="cpu")
     except Exception as e:  # a truncated or foreign file: say which and why, not a pickle traceback
         raise UserError(f"{source}: not a readable train_gpt.py artifact ({type(e).__name__}: {e})") from None
     return ModelConfig(**payload["model_config"]), dequantize_state(payload["tensors"])
@@ -1476,9 +1506,9 @@ def set_qat(model: GPT, a, enabled: bool) -> None:
 
 
 def train_step(model: GPT, optimizers, stream: TokenStream, oracle, mixer: MixerConfig, a, rt: Runtime,
-               accum: int, lr_mul: float, step: int, oracle_tokens: int = 0) -> float:
-    """One optimizer step over TRAIN_BATCH_TOKENS tokens; returns the mean loss across ranks. oracle_tokens: how
-    many tokens from the stream's start the oracle counted (for leave-one-out)."""
+               accum: int, lr_mul: float, step: int, oracle_tokens: int = 0) -> Tensor:
+    """One optimizer step over TRAIN_BATCH_TOKENS tokens; returns this rank's loss (a tensor: no host sync).
+    oracle_tokens: how many tokens from the stream's start the oracle counted (for leave-one-out)."""
     muon_momentum = a.muon_momentum_warmup_start + (a.muon_momentum - a.muon_momentum_warmup_start) * min(
         1.0, step / max(a.muon_momentum_warmup_steps, 1))
     for opt in optimizers:
@@ -1490,6 +1520,8 @@ def train_step(model: GPT, optimizers, stream: TokenStream, oracle, mixer: Mixer
     for _ in range(accum):
         x, y, where = next_micro_batch(stream, a.train_batch_tokens // accum, a.train_seq_len, rt.rank, rt.world,
                                        rt.device)
+        # Near a shard start the context reaches into the previous shard, which prefill never pairs: up to
+        # NGRAM_MAX_ORDER - 1 positions per shard subtract from another occurrence's count (only where it is > 0).
         counted = where < oracle_tokens if oracle is not None and a.ngram_oracle_loo else None
         with torch.autocast("cuda", torch.bfloat16, enabled=rt.device.type == "cuda"):
             loss = training_loss(model, x, y, oracle, mixer, a, counted) / accum
@@ -1502,13 +1534,23 @@ def train_step(model: GPT, optimizers, stream: TokenStream, oracle, mixer: Mixer
     for opt in optimizers:
         opt.step()
     model.zero_grad(set_to_none=True)
+    return total
+
+
+def mean_over_ranks(x: Tensor, rt: Runtime) -> float:
+    x = x.detach().clone()
     if rt.world > 1:
-        dist.all_reduce(total)
-        total /= rt.world
-    value = total.item()
-    if not math.isfinite(value):
-        raise TrainingDiverged(f"train_loss is {value} at step {step}; lower MATRIX_LR/SCALAR_LR or check the data")
-    return value
+        dist.all_reduce(x)
+    return x.item() / rt.world
+
+
+def shared_elapsed_ms(since: float, rt: Runtime) -> float:
+    """Milliseconds since `since`, the maximum over ranks: every rank takes the same stop/LR/QAT/SWA decisions
+    from it (a rank deciding from its own clock could stop while others step, and the collectives would hang)."""
+    t = torch.tensor([(time.perf_counter() - since) * 1000], dtype=torch.float64, device=rt.device)
+    if rt.world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
 
 
 def warm_up_and_time_export(model: GPT, optimizers, a, rt: Runtime, accum: int, mixer: MixerConfig) -> float:
@@ -1523,13 +1565,17 @@ def warm_up_and_time_export(model: GPT, optimizers, a, rt: Runtime, accum: int, 
 
         def take(self, n):
             return torch.randint(0, a.vocab_size, (n,), generator=gen).numpy()
-    for step in range(a.warmup_steps):
+    for step in range(a.warmup_steps):  # the last step runs with late QAT on, so its graph is compiled here too
+        set_qat(model, a, step == a.warmup_steps - 1 and a.late_qat_lrmul > 0)
         train_step(model, optimizers, Dummy(), None, mixer, a, rt, accum, 1.0, step)
+    set_qat(model, a, False)
     model.load_state_dict(initial)
     for o, s in zip(optimizers, opt_states):
         o.load_state_dict(s)
+    # time on weights spread like trained ones: zero-initialized projections compress ~3x faster than real weights
+    spread = {k: torch.randn_like(v) * 0.02 if v.is_floating_point() else v for k, v in model.state_dict().items()}
     t0 = time.perf_counter()
-    serialize_artifact(quantize_state(model.state_dict(), a), model.c, a.zstd_level)
+    serialize_artifact(quantize_state(spread, a), model.c, a.zstd_level)
     return time.perf_counter() - t0
 
 
@@ -1550,15 +1596,17 @@ def train(model: GPT, a, rt: Runtime, ev: Evaluator, mixer: MixerConfig,
         rt.log(f"ngram_tables orders:2..{a.ngram_max_order} buckets:{a.ngram_buckets} scoring:{a.ngram_scoring} "
                f"bytes:{oracle.nbytes()} ({oracle.nbytes() / 2**20:.0f} MiB per cache)")
         oracle_tokens = prefill_ngram_cache(oracle, train_files, a.ngram_prefill_tokens, a.vocab_size, rt.rank,
-                                            rt.world, rt.device, rt.log)
+                                            rt.world, rt.device, rt.log, PREFILL_MAX_SHARE * a.max_wallclock_seconds)
         rt.log(f"ngram_oracle tokens:{oracle_tokens} leave_one_out:{int(a.ngram_oracle_loo)} "
                f"time:{time.perf_counter() - clock_start:.1f}s")
     stream = TokenStream(train_files, a.vocab_size)
     averager = WeightAverager(model, a.ema_decay)
     cap_ms = a.max_wallclock_seconds * 1000 - reserve_ms if a.max_wallclock_seconds else math.inf
     train_ms, step, qat_on, paused = 0.0, 0, False, 0.0
+    loop_start_ms = None
     while True:
-        train_ms = (time.perf_counter() - clock_start - paused) * 1000
+        train_ms = shared_elapsed_ms(clock_start + paused, rt)
+        loop_start_ms = train_ms if loop_start_ms is None else loop_start_ms
         last = step == a.iterations or train_ms >= cap_ms
         if last and step < a.iterations:
             rt.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{a.iterations}")
@@ -1571,7 +1619,7 @@ def train(model: GPT, a, rt: Runtime, ev: Evaluator, mixer: MixerConfig,
             model.train()
         if last:
             break
-        lr_mul = lr_multiplier(a, step, train_ms)
+        lr_mul = lr_multiplier(a, step, train_ms - loop_start_ms, cap_ms - loop_start_ms)
         if a.late_qat_lrmul and not qat_on and lr_mul < a.late_qat_lrmul:
             set_qat(model, a, True)
             qat_on = True
@@ -1581,15 +1629,14 @@ def train(model: GPT, a, rt: Runtime, ev: Evaluator, mixer: MixerConfig,
         step += 1
         if a.swa_every and lr_mul < a.swa_start_lrmul and step % a.swa_every == 0:
             averager.snapshot(model)
-        if step % a.train_log_every == 0 or step == 1:
+        if step % a.train_log_every == 0 or step == 1:  # the only per-step host sync besides the shared clock
+            value = mean_over_ranks(loss, rt)
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"train_loss is {value} at step {step}; lower MATRIX_LR/SCALAR_LR or check "
+                                       "the data")
             train_ms = (time.perf_counter() - clock_start - paused) * 1000
-            rt.log(f"step:{step}/{a.iterations} train_loss:{loss:.4f} train_time:{train_ms:.0f}ms "
+            rt.log(f"step:{step}/{a.iterations} train_loss:{value:.4f} train_time:{train_ms:.0f}ms "
                    f"step_avg:{train_ms / step:.2f}ms")
-        if rt.world > 1 and a.max_wallclock_seconds:  # ranks must agree on stopping, or the next collective hangs
-            flag = torch.tensor(float((time.perf_counter() - clock_start - paused) * 1000 >= cap_ms), device=rt.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if flag.item():
-                cap_ms = 0.0
     set_qat(model, a, False)
     weights, kind = averager.final(model)
     rt.log(f"final_weights:{kind} steps:{step}")
@@ -1622,7 +1669,7 @@ def log_sizes(rt: Runtime, a, model_bytes: int) -> int:
 def evaluate_artifact(path: Path, a, rt: Runtime, byte_tables: ByteTables, val: Tensor,
                       oracle: NgramCache | None) -> dict:
     """Load the artifact into a fresh model and produce every reported number; returns the compliance inputs."""
-    t_load = time.perf_counter()
+    t_start = time.perf_counter()  # eval time: load, compile, every evaluation below
     model_cfg, state = deserialize_artifact(path.read_bytes(), str(path))
     model = build_model(model_cfg, rt.device)
     model.load_state_dict(state)
@@ -1631,14 +1678,15 @@ def evaluate_artifact(path: Path, a, rt: Runtime, byte_tables: ByteTables, val: 
         raise UserError(f"{path}: its gate has {model_cfg.gate_outputs} outputs but NGRAM_MAX_ORDER={a.ngram_max_order} "
                         f"needs {a.ngram_max_order}; evaluate with the NGRAM_MAX_ORDER it was trained with")
     seq_len = a.eval_seq_len or a.train_seq_len
+    if seq_len > model_cfg.max_seq_len:
+        raise UserError(f"EVAL_SEQ_LEN={seq_len} exceeds the {model_cfg.max_seq_len} positions {path} was built for; "
+                        f"retrain with EVAL_SEQ_LEN set, or evaluate with EVAL_SEQ_LEN<={model_cfg.max_seq_len}")
     ev = Evaluator(model, mixer, byte_tables, val.to(rt.device), seq_len, a.eval_batch_seqs, rt.rank, rt.world, rt.log)
-    load_s = time.perf_counter() - t_load
     tag = f"int{a.quant_bits}"
     res = evaluate(ev, "roundtrip", seq_len, 1 << 62)
     log_metric(rt, f"final_{tag}_roundtrip", res)
     res = evaluate(ev, "sliding", a.eval_stride, 1 << 62)
     log_metric(rt, f"final_{tag}_sliding_window", res, f" stride:{a.eval_stride}")
-    t_eval = time.perf_counter()
     cache = None
     if mixer.head != "none":
         cache = build_eval_cache(a, rt, oracle)
@@ -1651,7 +1699,7 @@ def evaluate_artifact(path: Path, a, rt: Runtime, byte_tables: ByteTables, val: 
         opt = build_ttt_optimizer(params, a)
         ttt = lambda t0, t1: ttt_on_chunk(ev, opt, params, t0, t1, a)
     res = evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, ttt, a.eval_max_seconds)
-    eval_s = time.perf_counter() - t_eval + load_s
+    eval_s = time.perf_counter() - t_start
     log_metric(rt, "legal_ttt", res)
     if rt.rank == 0:
         Path("logs", f"{rt.run_id}.chunks.json").write_text(json.dumps(res.chunks))
@@ -1744,7 +1792,9 @@ def main() -> None:
         ev = Evaluator(model, mixer, byte_tables, val.to(rt.device), a.train_seq_len, a.eval_batch_seqs, rt.rank,
                        rt.world, rt.log)
         weights, oracle, clock_start = train(model, a, rt, ev, mixer, accum)
+        t_export = time.perf_counter()
         path, artifact_bytes = export(weights, model_cfg, a, rt)
+        rt.log(f"export_time:{time.perf_counter() - t_export:.1f}s")
         train_seconds = time.perf_counter() - clock_start
         rt.log(f"train_seconds:{train_seconds:.1f} (prefill + training + export, monitoring evals excluded)")
     result = evaluate_artifact(path, a, rt, byte_tables, val, oracle)

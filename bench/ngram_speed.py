@@ -29,13 +29,10 @@ def run(scoring: str, max_order: int, buckets: int, device) -> tuple[float, floa
     toks = (torch.rand(TOKENS, generator=gen, device=device) ** 3 * 1024).long()
     sync()
     t0 = time.perf_counter()
-    for s in range(0, TOKENS - 1, BLOCK):
-        chunk = toks[max(0, s - max_order):s + BLOCK + 1]
-        keys = cache.keys(chunk[:-1], chunk[1:])[:, min(s, max_order):]
-        keys, counts = zip(*(tg.unique_sum(k[k >= 0], torch.ones_like(k[k >= 0])) for k in keys))
-        width = max(k.numel() for k in keys)
-        cache.add(torch.stack([torch.nn.functional.pad(k, (0, width - k.numel()), value=-1) for k in keys]),
-                  torch.stack([torch.nn.functional.pad(c, (0, width - c.numel())) for c in counts]))
+    span = max_order - 1
+    for s in range(0, TOKENS - 1, BLOCK):  # the same per-block work as prefill_ngram_cache on one rank
+        s0 = max(0, s - span)
+        cache.add(*tg.stream_key_counts(cache, toks[s0:s + BLOCK], max(s - s0, 1)))
     sync()
     prefill = TOKENS / (time.perf_counter() - t0)
     idx = torch.randint(max_order, TOKENS, (min(TOKENS, 1 << 20),), generator=gen, device=device)
