@@ -691,20 +691,20 @@ class Muon(torch.optim.Optimizer):
                 offset += p.numel()
 
 
-def optimizer_role(name: str, p: Tensor) -> str:
-    """Which optimizer group a parameter belongs to: 'matrix' (Muon), 'table' or 'scalar' (Adam)."""
-    if name.endswith("_emb.weight"):
-        return "table"
-    if p.ndim == 2 and name.startswith("blocks.") or name == "bigram_proj.weight":
-        return "matrix"
-    return "scalar"  # gains, mixes, skip weights, the tiny mixer gate
+def optimizer_groups(model: GPT) -> dict[str, list[Tensor]]:
+    """Muon for every CastedLinear weight (block and bigram matrices); Adam for embedding tables and for the
+    small 1-D/2-D gains, residual mixes, skip weights and mixer gate, which orthogonalizing would wreck."""
+    matrices = {id(m.weight) for m in model.matrices()}
+    groups: dict[str, list[Tensor]] = {"matrix": [], "table": [], "scalar": []}
+    for name, p in model.named_parameters():
+        role = "matrix" if id(p) in matrices else "table" if name.endswith("_emb.weight") else "scalar"
+        groups[role].append(p)
+    return groups
 
 
 def build_optimizers(model: GPT, a) -> list[torch.optim.Optimizer]:
     """One Muon for matrices, one Adam for tables and scalars; each group remembers its base LR for scheduling."""
-    groups: dict[str, list[Tensor]] = {"matrix": [], "table": [], "scalar": []}
-    for name, p in model.named_parameters():
-        groups[optimizer_role(name, p)].append(p)
+    groups = optimizer_groups(model)
     muon = Muon(groups["matrix"], a.matrix_lr, a.muon_momentum_warmup_start, a.muon_wd, a.muon_ns_steps)
     adam = torch.optim.AdamW(
         [dict(params=groups["table"], lr=a.tied_embed_lr, weight_decay=a.adam_wd),

@@ -125,6 +125,20 @@ def test_muon_step_has_singular_values_near_lr():
     assert 0.5 < s.min() and s.max() < 1.3
 
 
+def test_only_linear_weights_go_to_muon():
+    """Muon orthogonalizes whole matrices: a [2, dim] residual mix or the mixer gate must stay with Adam."""
+    model = tiny_model()
+    groups = tg.optimizer_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    matrix = sorted(names[id(p)] for p in groups["matrix"])
+    assert matrix and all(n.endswith((".q.weight", ".k.weight", ".v.weight", "proj.weight", ".fc.weight"))
+                          for n in matrix), matrix
+    scalar = {names[id(p)] for p in groups["scalar"]}
+    assert "blocks.0.resid_mix" in scalar and "mixer_gate.weight" in scalar
+    assert {names[id(p)] for p in groups["table"]} >= {"tok_emb.weight"}
+    assert sum(map(len, groups.values())) == len(names)
+
+
 def test_ema_warms_up_in_short_runs():
     model = torch.nn.Linear(4, 4, bias=False)
     avg = tg.WeightAverager(model, 0.997)
