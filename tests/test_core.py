@@ -1,6 +1,7 @@
 """train_gpt.py core: configuration errors, model, Muon, quantization/export."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,3 +214,21 @@ def test_nan_loss_stops_with_a_clear_message(sample_data):
     rt = tg.Runtime(0, 1, 0, torch.device("cpu"), lambda m: None, "t")
     with pytest.raises(tg.TrainingDiverged, match="train_loss is nan at step 1; lower MATRIX_LR"):
         tg.train(model, a, rt, None, tg.MixerConfig.from_args(a), 1)
+
+
+def test_start_up_projects_the_artifact_and_warns_past_the_limit(sample_data, monkeypatch):
+    a = tg.load_hyperparameters({"PRESET": "smoke", "WARMUP_STEPS": "1"})
+    model = tg.GPT(tg.ModelConfig.from_args(a))
+    lines = []
+    rt = tg.Runtime(0, 1, 0, torch.device("cpu"), lines.append, "t")
+    mixer = tg.MixerConfig.from_args(a)
+    tg.warm_up_and_time_export(model, tg.build_optimizers(model, a), a, rt, 1, mixer)
+    projected = int(next(l for l in lines if l.startswith("artifact_projection:")).split(":")[1].split()[0])
+    state = {k: torch.randn_like(v) for k, v in model.state_dict().items()}  # same shapes, other gaussian draws
+    actual = len(tg.serialize_artifact(tg.quantize_state(state, a), model.c, a.zstd_level)) + len(
+        Path(tg.__file__).read_bytes())
+    assert abs(projected - actual) < 0.01 * actual and not any(l.startswith("warning") for l in lines)
+    monkeypatch.setattr(tg, "LIMIT_ARTIFACT_BYTES", projected - 1)
+    lines.clear()
+    tg.warm_up_and_time_export(model, tg.build_optimizers(model, a), a, rt, 1, mixer)
+    assert any(l.startswith("warning: the projected artifact exceeds") for l in lines)
