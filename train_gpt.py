@@ -932,7 +932,7 @@ class NgramCache:
     def expert_probs(self, keys: Tensor, counted: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(p [n_orders, ...] float32 of the keyed next token, valid [n_orders, ...] bool). valid reads only the
         context count, never the token. All orders are looked up in one pass. counted (training only, bool like
-        one order of keys): positions whose own occurrence is in the counts; it is left out of them."""
+        keys, from counted_pairs): (order, position) pairs whose own occurrence is in the counts; it is left out."""
         n_orders, shape = len(self.orders), keys.shape
         k = keys.reshape(n_orders, -1).clamp_min(0)
         seg = 2 * torch.arange(n_orders, device=k.device)[:, None].expand_as(k)
@@ -945,7 +945,7 @@ class NgramCache:
             c = self.dense[base + self.buckets + k % self.buckets]
             n = torch.minimum(self.dense[base + k // self.buckets], c)
         if counted is not None:  # leave-one-out, only where the pair was stored (a dropped pair is in neither count)
-            own = (counted.reshape(1, -1) & (n > 0)).int()
+            own = (counted.reshape(n_orders, -1) & (n > 0)).int()
             n, c = n - own, c - own
         p = n.float() / c.clamp_min(1).float()
         valid = (keys.reshape(n_orders, -1) >= 0) & (c >= self.min_count)
@@ -976,12 +976,13 @@ def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, v
     """Count the training shards (first max_tokens, 0: all) into cache; returns how many tokens it counted, a
     prefix of the training stream (leave-one-out relies on that). Blocks go round-robin to ranks; each round
     every rank dedupes its block and all ranks insert the gathered union, so all end with the same counts.
-    Contexts do not cross shard boundaries. Stops after the round in which time_limit_s (if set) ran out."""
+    Contexts run on across shard boundaries, as in TokenStream, so every counted pair is one the training loop
+    sees. Stops after the round in which time_limit_s (if set) ran out."""
     span = len(cache.orders)
     block_tokens = block_tokens or max(1 << 18, (1 << 25) // (world * span))  # bounds the gathered keys' memory
-    blocks, total, shards = [], 0, {}
-    for f in files:
-        shards[f] = read_shard(f, mmap=True)
+    blocks, total, shards, previous = [], 0, {}, {}
+    for i, f in enumerate(files):
+        shards[f], previous[f] = read_shard(f, mmap=True), files[i - 1] if i else None
         n = min(shards[f].size, max_tokens - total) if max_tokens else shards[f].size
         blocks += [(f, s, min(s + block_tokens, n)) for s in range(0, n, block_tokens)]
         total += n
@@ -993,11 +994,14 @@ def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, v
         counts, error = keys, ""
         if r + rank < len(blocks):
             f, s, e = blocks[r + rank]
-            part = np.asarray(shards[f][max(0, s - span):e])
+            lead = np.asarray(shards[f][max(0, s - span):s])  # context only
+            if s < span and previous[f] is not None:
+                lead = np.concatenate([np.asarray(shards[previous[f]][s - span:]), lead])
+            part = np.concatenate([lead, np.asarray(shards[f][s:e])])
             try:
                 check_token_ids(part, vocab_size, f)
                 keys, counts = stream_key_counts(cache, torch.from_numpy(part.astype(np.int64)).to(device),
-                                                 max(s - max(0, s - span), 1))
+                                                 max(lead.size, 1))
             except UserError as exc:
                 error = str(exc)
         flags = torch.tensor([float(bool(error)), float(bool(time_limit_s) and time.perf_counter() - t0 > time_limit_s)],
@@ -1017,6 +1021,14 @@ def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, v
                 f"the oracle keeps the first {done} tokens (set NGRAM_PREFILL_TOKENS to choose)")
             return done
     return done
+
+
+def counted_pairs(cache: NgramCache, where: Tensor, oracle_tokens: int) -> Tensor:
+    """bool [n_orders, N]: which (order, target) pairs prefill counted, given the targets' stream positions: the
+    target lies in the counted prefix and its order-k context starts inside the stream (after an epoch wraps,
+    the first targets' contexts reach back into the last shard, which prefill never paired with them)."""
+    orders = torch.tensor(cache.orders, device=where.device)[:, None]
+    return (where < oracle_tokens) & (where >= orders - 1)
 
 
 def stream_key_counts(cache: NgramCache, toks: Tensor, first: int) -> tuple[Tensor, Tensor]:
@@ -1117,8 +1129,9 @@ def training_loss(model: nn.Module, x: Tensor, y: Tensor, oracle: NgramCache | N
                   counted: Tensor | None = None) -> Tensor:
     """CE (optionally complementary-weighted) + MIXER_LOSS_WEIGHT x mixture NLL against the frozen oracle, whose
     probabilities are constants; the mixture loss trains the gate and, through its input, the transformer.
-    counted marks targets the oracle counted: leaving their own count out makes the oracle a held-out estimate,
-    as the eval cache is. Without it the gate learns to trust n-grams that have already seen the target."""
+    counted (from counted_pairs) marks the (order, target) pairs the oracle counted: leaving their own count out
+    makes the oracle a held-out estimate, as the eval cache is. Without it the gate learns to trust n-grams that
+    have already seen the target."""
     logits, h = model(x)
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
     if oracle is None:
@@ -1536,9 +1549,7 @@ def train_step(model: GPT, optimizers, stream: TokenStream, oracle, mixer: Mixer
     for _ in range(accum):
         x, y, where = next_micro_batch(stream, a.train_batch_tokens // accum, a.train_seq_len, rt.rank, rt.world,
                                        rt.device)
-        # Near a shard start the context reaches into the previous shard, which prefill never pairs: up to
-        # NGRAM_MAX_ORDER - 1 positions per shard subtract from another occurrence's count (only where it is > 0).
-        counted = where < oracle_tokens if oracle is not None and a.ngram_oracle_loo else None
+        counted = counted_pairs(oracle, where, oracle_tokens) if oracle is not None and a.ngram_oracle_loo else None
         with torch.autocast("cuda", torch.bfloat16, enabled=rt.device.type == "cuda"):
             loss = training_loss(model, x, y, oracle, mixer, a, counted) / accum
         loss.backward()

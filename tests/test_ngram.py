@@ -164,12 +164,9 @@ def test_prefill_equals_per_shard_reference(tmp_path, sizes, max_tokens):
     total = tg.prefill_ngram_cache(cache, files, max_tokens, V, 0, 1, "cpu", lines.append, block_tokens=1000)
     expected_total = min(sum(sizes), max_tokens) if max_tokens else sum(sizes)
     assert total == expected_total and lines
-    kept, left = [], expected_total
-    for toks in data:
-        kept.append(toks[:left])
-        left -= len(kept[-1])
-    pair, ctx = ref_tables([k for k in kept if len(k)], MAX_ORDER)  # per shard: contexts cross blocks, not shards
     stream = np.concatenate(data)  # query every position of the full data, cut-off tokens and shard seams included
+    # one stream, as training reads it: contexts cross blocks and shard seams; targets past the cut are not counted
+    pair, ctx = ref_tables([stream[:expected_total]], MAX_ORDER)
     t, idx = torch.from_numpy(stream), torch.arange(len(stream))
     assert_matches_reference(cache, tg.target_keys(cache, t, idx, t), *ref_query(pair, ctx, stream, idx, t, MAX_ORDER))
 

@@ -21,25 +21,30 @@ def reference_counts(tokens: list[int]):
     return pair, ctx
 
 
-@pytest.mark.parametrize("prefill_tokens", [0, 300])  # 300: the batch straddles the counted prefix
-def test_leave_one_out_matches_reference(tmp_path, prefill_tokens):
+@pytest.mark.parametrize("prefill_tokens, skip", [
+    (0, 37),  # start mid-stream, as a later training step does; the batch crosses the seam between the shards
+    (300, 37),  # the batch straddles the counted prefix
+    (0, 3000 - 100),  # the batch wraps around into the next epoch: its first contexts reach into the last shard
+])
+def test_leave_one_out_matches_reference(tmp_path, prefill_tokens, skip):
     gen = np.random.default_rng(0)
     motif = gen.integers(0, V, 12)
     tokens = np.concatenate([motif if gen.random() < 0.6 else gen.integers(0, V, 12) for _ in range(250)])
-    tg.write_shard(tmp_path / "fineweb_train_000000.bin", tokens)
+    tg.write_shard(tmp_path / "fineweb_train_000000.bin", tokens[:200])
+    tg.write_shard(tmp_path / "fineweb_train_000001.bin", tokens[200:])
     files = tg.list_shards(str(tmp_path), "train")
     cache = tg.NgramCache(MAX_ORDER, 1 << 14, V, "normalized", 2, "cpu")
     counted_tokens = tg.prefill_ngram_cache(cache, files, prefill_tokens, V, 0, 1, "cpu", lambda m: None,
-                                            block_tokens=700)
+                                            block_tokens=70)
     assert counted_tokens == (prefill_tokens or tokens.size)
     pair, ctx = reference_counts(tokens[:counted_tokens].tolist())
     stream = tg.TokenStream(files, V)
-    stream.take(37)  # start mid-stream, as a later training step does
+    stream.take(skip)
     x, y, where = tg.next_micro_batch(stream, 64 * 8, 64, 0, 1, torch.device("cpu"))
-    counted = where < counted_tokens
+    counted = tg.counted_pairs(cache, where, counted_tokens)
     p, valid = cache.expert_probs(cache.keys(x, y), counted)
     p, valid = p.view(MAX_ORDER - 1, -1), valid.view(MAX_ORDER - 1, -1)
-    stream_tokens = tokens.tolist()
+    stream_tokens, size = tokens.tolist(), tokens.size
     checked = 0
     for j, pos in enumerate(where.tolist()):
         row_t = j % 64
@@ -47,9 +52,10 @@ def test_leave_one_out_matches_reference(tmp_path, prefill_tokens):
             if row_t < k - 2:  # the context would reach before this sequence's start
                 assert not valid[o, j]
                 continue
-            c = tuple(stream_tokens[pos - k + 1:pos])
+            c = tuple(stream_tokens[(pos - k + 1 + i) % size] for i in range(k - 1))  # the stream is cyclic
             n, total = pair[(k, c, stream_tokens[pos])], ctx[(k, c)]
-            if counted[j] and n > 0:  # this very occurrence was counted: leave it out
+            if pos < counted_tokens and pos >= k - 1:  # reference_counts counted this very occurrence: leave it out
+                assert n > 0
                 n, total = n - 1, total - 1
             assert bool(valid[o, j]) == (total >= 2), (pos, k)
             if total >= 2:
