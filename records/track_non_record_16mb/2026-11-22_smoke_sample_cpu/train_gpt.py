@@ -1,0 +1,1857 @@
+"""Parameter Golf training script: an 11-layer GPT, Muon, a normalized n-gram mixer, int6+zstd export, score-first eval.
+
+Launch (8 GPUs, the record configuration; every knob is an environment variable, see --help):
+    torchrun --standalone --nproc_per_node=8 train_gpt.py
+One process, CPU included (float32 + gloo), e.g. the whole pipeline on the embedded sample in about a minute:
+    python3 data/prepare.py sample && PRESET=smoke python3 train_gpt.py
+Evaluate an exported artifact again in a fresh process:
+    LOAD_ARTIFACT=logs/<run_id>.ptz python3 train_gpt.py
+
+Data flow, one section each: config -> data and byte accounting -> model -> optimizer -> n-gram mixer ->
+quantization/export -> evaluation -> main. Line budget: this file stays under 2,000 lines (a test enforces it).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import glob
+import hashlib
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ----------------------------------------------------------------------------------------------------------------
+# CONFIG
+# Every knob is declared once below: env var, type, default, allowed range, one line of meaning. Defaults are the
+# submitted configuration; PRESET=smoke swaps in a tiny CPU run; explicitly set variables always win over a preset.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad env value, missing shard, bad artifact): printed as one line, exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+    env: str
+    kind: type  # int | float | str | bool | list (a comma-separated list of floats)
+    default: object
+    help: str
+    lo: float | None = None  # inclusive bounds for numbers (list: for every element)
+    hi: float | None = None
+    choices: tuple[str, ...] | None = None
+
+
+KNOBS: list[tuple[str, list[Knob]]] = [
+    ("run and data", [
+        Knob("PRESET", str, "", "named bundle of defaults applied before env vars", choices=("", "smoke")),
+        Knob("RUN_ID", str, "", "log/artifact name under logs/ (empty: a timestamp)"),
+        Knob("SEED", int, 1337, "seed for init, data order and sampling", 0, 2**31 - 1),
+        Knob("DATA_PATH", str, "./data/datasets/fineweb10B_sp1024", "folder of fineweb_{train,val}_*.bin shards"),
+        Knob("TOKENIZER_PATH", str, "./data/tokenizers/fineweb_1024_bpe.model", "SentencePiece model for byte counts"),
+        Knob("VOCAB_SIZE", int, 1024, "tokenizer vocabulary size", 2, 65536),
+        Knob("LOAD_ARTIFACT", str, "", "skip training: evaluate this exported .ptz in a fresh model"),
+    ]),
+    ("training", [
+        Knob("ITERATIONS", int, 20000, "optimizer steps at most", 0, 10**7),
+        Knob("WARMUP_STEPS", int, 20, "compile warm-up steps on dummy data before the clock (state restored)", 0, 1000),
+        Knob("WARMDOWN_ITERS", int, 3500, "linear LR decay over this many final steps (by remaining wallclock)", 0, 10**7),
+        Knob("TRAIN_BATCH_TOKENS", int, 786432, "global tokens per step, any world size", 1, 2**31 - 1),
+        Knob("TRAIN_SEQ_LEN", int, 2048, "training sequence length", 8, 65536),
+        Knob("GRAD_ACCUM_STEPS", int, 0, "micro-steps per step per rank (0: 8 // world size)", 0, 1024),
+        Knob("MAX_WALLCLOCK_SECONDS", float, 600.0, "training cap incl. n-gram prefill and export (0: none)", 0, 1e6),
+        Knob("VAL_LOSS_EVERY", int, 0, "plain val_bpb every N steps during training (0: only at the end)", 0, 10**7),
+        Knob("TRAIN_LOG_EVERY", int, 200, "train_loss line every N steps", 1, 10**7),
+    ]),
+    ("model", [
+        Knob("NUM_LAYERS", int, 11, "transformer blocks", 1, 64),
+        Knob("MODEL_DIM", int, 512, "residual width", 16, 8192),
+        Knob("NUM_HEADS", int, 8, "query heads", 1, 128),
+        Knob("NUM_KV_HEADS", int, 8, "key/value heads (GQA when fewer than NUM_HEADS)", 1, 128),
+        Knob("MLP_MULT", float, 3.5, "MLP hidden = MLP_MULT x MODEL_DIM, LeakyReLU(0.5)^2", 0.5, 16),
+        Knob("ROPE_DIMS", int, 16, "head dims that get rotary position (partial RoPE)", 0, 1024),
+        Knob("ROPE_BASE", float, 10000.0, "RoPE base frequency", 1, 1e9),
+        Knob("LOGIT_SOFTCAP", float, 30.0, "logits = cap * tanh(logits / cap)", 1, 1000),
+        Knob("QK_GAIN_INIT", float, 1.5, "initial per-head gain on normalized queries", 0, 100),
+        Knob("XSA_LAST_N", int, 4, "exclusive self-attention on the last N layers", 0, 64),
+        Knob("VE_LAST_N", int, 2, "value embeddings on the last N layers", 0, 64),
+        Knob("BIGRAM_VOCAB_SIZE", int, 4096, "BigramHash buckets (0: off)", 0, 2**20),
+        Knob("BIGRAM_DIM", int, 128, "BigramHash embedding width", 1, 4096),
+    ]),
+    ("optimizer", [
+        Knob("MATRIX_LR", float, 0.025, "Muon LR for block matrices", 0, 10),
+        Knob("SCALAR_LR", float, 0.025, "Adam LR for gains, gates and other small tensors", 0, 10),
+        Knob("TIED_EMBED_LR", float, 0.035, "Adam LR for the tied embedding and other tables", 0, 10),
+        Knob("MUON_MOMENTUM", float, 0.99, "Muon momentum after warm-up", 0, 1),
+        Knob("MUON_MOMENTUM_WARMUP_START", float, 0.92, "Muon momentum at step 0", 0, 1),
+        Knob("MUON_MOMENTUM_WARMUP_STEPS", int, 1500, "steps to ramp Muon momentum", 0, 10**7),
+        Knob("MUON_WD", float, 0.04, "Muon decoupled weight decay", 0, 1),
+        Knob("MUON_NS_STEPS", int, 5, "Newton-Schulz iterations", 1, 20),
+        Knob("ADAM_WD", float, 0.04, "Adam decoupled weight decay (embeddings)", 0, 1),
+        Knob("GRAD_CLIP_NORM", float, 0.3, "global grad-norm clip (0: off)", 0, 1e6),
+        Knob("EMA_DECAY", float, 0.997, "EMA of weights, warmed up as min(decay, (1+t)/(10+t)) (0: off)", 0, 0.99999),
+        Knob("SWA_EVERY", int, 50, "average weights every N steps once LR scale < SWA_START_LRMUL (0: off)", 0, 10**6),
+        Knob("SWA_START_LRMUL", float, 0.2, "LR multiplier below which SWA snapshots start", 0, 1),
+        Knob("LATE_QAT_LRMUL", float, 0.15, "fake-quantize matrices (STE) once LR scale < this (0: off)", 0, 1),
+    ]),
+    ("n-gram mixer", [
+        Knob("MIXER_HEAD", str, "multi", "gate: learned multi-expert, entropy backoff, or none", choices=("multi", "entropy", "none")),
+        Knob("MIXER_LOSS_WEIGHT", float, 0.1, "weight of -log p_mix(target) added to CE", 0, 100),
+        Knob("MIXER_NEURAL_FLOOR", float, 0.0, "minimum weight of the neural expert", 0, 1),
+        Knob("NGRAM_MAX_ORDER", int, 7, "experts for orders 2..N", 2, 32),
+        Knob("NGRAM_BUCKETS", int, 4194304, "slots per order and table (power of two)", 16, 2**31),
+        Knob("NGRAM_MIN_COUNT", int, 2, "an order is valid iff its context count >= this", 1, 10**9),
+        Knob("NGRAM_PREFILL_TOKENS", int, 0, "training tokens counted into the frozen oracle (0: all)", 0, 2**62),
+        Knob("NGRAM_SCORING", str, "normalized", "normalized (valid) or hashed_target (the seeds' leaky scoring, invalid)", choices=("normalized", "hashed_target")),
+        Knob("NGRAM_ORACLE_LOO", bool, True, "oracle leaves out the training position's own count (0: the seeds)"),
+        Knob("NGRAM_EVAL_PREFILL", str, "none", "eval cache starts empty or from training data", choices=("none", "train")),
+        Knob("NGRAM_ENT_BASE", float, 0.05, "entropy head: alpha floor", 0, 1),
+        Knob("NGRAM_ENT_RANGE", float, 0.55, "entropy head: alpha range", 0, 1),
+        Knob("NGRAM_ENT_SCALE", float, 2.0, "entropy head: sigmoid slope", 0, 100),
+        Knob("NGRAM_ENT_CENTER", list, [4.0], "entropy head: center in nats, one or one per order high->low", 0, 100),
+        Knob("NGRAM_AUDIT_POSITIONS", int, 256, "positions whose mixture is enumerated over the vocab (0: off)", 0, 10**6),
+        Knob("COMPLEMENT_ALPHA", float, 0.0, "down-weight CE where the oracle is confident (0: off)", 0, 1),
+        Knob("COMPLEMENT_THRESHOLD", float, 0.3, "oracle probability where down-weighting starts", 0, 0.999),
+    ]),
+    ("quantization", [
+        Knob("QUANT_BITS", int, 6, "bits for attention matrices", 2, 8),
+        Knob("QUANT_MLP_BITS", int, 6, "bits for MLP matrices", 2, 8),
+        Knob("QUANT_EMBED_BITS", int, 8, "bits for embedding tables", 2, 8),
+        Knob("ZSTD_LEVEL", int, 22, "zstd level of the artifact", 1, 22),
+    ]),
+    ("evaluation", [
+        Knob("EVAL_SEQ_LEN", int, 0, "context window at eval (0: TRAIN_SEQ_LEN)", 0, 65536),
+        Knob("EVAL_STRIDE", int, 64, "sliding-window stride (tokens scored per window)", 1, 65536),
+        Knob("EVAL_CHUNK_TOKENS", int, 32768, "score-first chunk: score, then update cache, then TTT", 1, 2**31 - 1),
+        Knob("EVAL_BATCH_SEQS", int, 32, "windows per forward at eval", 1, 4096),
+        Knob("EVAL_MAX_TOKENS", int, 0, "score only the first N validation targets (0: all)", 0, 2**62),
+        Knob("EVAL_MAX_SECONDS", float, 600.0, "eval budget; warn at once when the projection exceeds it", 1, 1e6),
+    ]),
+    ("test-time training", [
+        Knob("TTT_EPOCHS", int, 1, "epochs over each scored chunk (0: off)", 0, 100),
+        Knob("TTT_OPTIMIZER", str, "sgd", "optimizer for TTT", choices=("sgd", "adamw")),
+        Knob("TTT_LR", float, 0.002, "TTT learning rate", 0, 10),
+        Knob("TTT_MOMENTUM", float, 0.9, "SGD momentum / AdamW beta1", 0, 1),
+        Knob("TTT_BATCH_SEQS", int, 32, "global sequences per TTT step", 1, 4096),
+        Knob("TTT_GRAD_CLIP", float, 1.0, "grad-norm clip (0: off)", 0, 1e6),
+        Knob("TTT_FREEZE_BLOCKS", int, 0, "first N blocks stay frozen", 0, 64),
+        Knob("TTT_PARAMS", str, "all", "all trainable, or q: query projections only (drift-free)", choices=("all", "q")),
+    ]),
+]
+KNOB_BY_ENV = {k.env: k for _, group in KNOBS for k in group}
+# An unknown variable with one of these prefixes is a typo that would silently waste a run.
+CHECKED_PREFIXES = ("NGRAM_", "MIXER_", "TTT_", "MUON_", "EVAL_", "QUANT_", "EMA_", "SWA_", "LATE_QAT", "COMPLEMENT_",
+                    "BIGRAM_", "XSA_", "VE_", "TRAIN_", "VAL_", "MATRIX_", "SCALAR_", "TIED_", "WARMUP_", "WARMDOWN_",
+                    "NUM_", "MODEL_", "MLP_", "ROPE_", "LOGIT_", "QK_", "ADAM_", "GRAD_", "ZSTD_")
+PRESETS = {
+    # Tiny model on the embedded sample (python3 data/prepare.py sample): every path in about a minute on CPU.
+    "smoke": dict(DATA_PATH=str(Path(__file__).parent / "data/datasets/sample_sp1024"),
+                  TOKENIZER_PATH=str(Path(__file__).parent / "data/tokenizers/sample_1024_bpe.model"),
+                  ITERATIONS=30, WARMUP_STEPS=0, GRAD_ACCUM_STEPS=1, WARMDOWN_ITERS=10, TRAIN_BATCH_TOKENS=4096, TRAIN_SEQ_LEN=128,
+                  MAX_WALLCLOCK_SECONDS=0, TRAIN_LOG_EVERY=10, NUM_LAYERS=2, MODEL_DIM=64, NUM_HEADS=4, NUM_KV_HEADS=2,
+                  MLP_MULT=2, ROPE_DIMS=8, XSA_LAST_N=1, VE_LAST_N=1, BIGRAM_VOCAB_SIZE=256, BIGRAM_DIM=16,
+                  MUON_MOMENTUM_WARMUP_STEPS=10, SWA_EVERY=5, NGRAM_BUCKETS=65536, NGRAM_PREFILL_TOKENS=200000,
+                  EVAL_STRIDE=64, EVAL_CHUNK_TOKENS=4096, EVAL_MAX_TOKENS=16384, TTT_BATCH_SEQS=8,
+                  NGRAM_AUDIT_POSITIONS=16, ZSTD_LEVEL=3),
+}
+
+
+def fmt_num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def parse_value(knob: Knob, raw: str):
+    """Parse one env string into the knob's type and range, or raise UserError naming the variable."""
+    def bad(why: str):
+        allowed = f"one of {list(knob.choices)}" if knob.choices else f"{knob.kind.__name__}"
+        if knob.lo is not None:
+            allowed += f" in [{fmt_num(knob.lo)}, {fmt_num(knob.hi)}]"
+        return UserError(f"config error: {knob.env}={raw!r} {why} (allowed: {allowed})")
+    text = str(raw).strip()
+    try:
+        if knob.kind is bool:
+            if text.lower() not in ("0", "1", "true", "false", "yes", "no"):
+                raise ValueError
+            value = text.lower() in ("1", "true", "yes")
+        elif knob.kind is list:
+            value = [float(x) for x in text.split(",") if x.strip()]
+            if not value:
+                raise ValueError
+        else:
+            value = knob.kind(text)
+            if knob.kind is float and not math.isfinite(value):
+                raise ValueError
+    except ValueError:
+        raise bad(f"is not a valid {knob.kind.__name__}") from None
+    if knob.choices is not None and value not in knob.choices:
+        raise bad("is not a known choice")
+    for x in value if isinstance(value, list) else ([value] if knob.lo is not None else []):
+        if not knob.lo <= x <= knob.hi:
+            raise bad("is out of range")
+    return value
+
+
+Hyperparameters = dataclasses.make_dataclass(
+    "Hyperparameters", [(k.env.lower(), object) for k in KNOB_BY_ENV.values()], frozen=True,
+    namespace={"__doc__": "Resolved configuration: one attribute per knob, named as its env var in lower case."})
+
+
+def load_hyperparameters(environ: dict[str, str] | None = None) -> Hyperparameters:
+    """Resolve defaults <- preset <- environment; reject typos with a did-you-mean and cross-check knobs."""
+    environ = dict(os.environ if environ is None else environ)
+    for name in sorted(environ):
+        if name not in KNOB_BY_ENV and name.startswith(CHECKED_PREFIXES):
+            close = difflib.get_close_matches(name, KNOB_BY_ENV, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else "; see python3 train_gpt.py --help"
+            raise UserError(f"config error: unknown variable {name}={environ[name]!r}{hint}")
+    preset = parse_value(KNOB_BY_ENV["PRESET"], environ.get("PRESET", ""))
+    raw = {k: str(v) for k, v in PRESETS.get(preset, {}).items()} | {k: v for k, v in environ.items() if k in KNOB_BY_ENV}
+    values = {k.env.lower(): parse_value(k, raw[k.env]) if k.env in raw else k.default for k in KNOB_BY_ENV.values()}
+    args = Hyperparameters(**values)
+    check_knob_relations(args)
+    return args
+
+
+def check_knob_relations(a) -> None:
+    """Constraints between knobs, checked before any data or model work."""
+    def need(ok: bool, env: str, why: str):
+        if not ok:
+            raise UserError(f"config error: {env}={getattr(a, env.lower())!r} {why}")
+    need(a.model_dim % a.num_heads == 0, "MODEL_DIM", f"must be divisible by NUM_HEADS={a.num_heads}")
+    need(a.num_heads % a.num_kv_heads == 0, "NUM_KV_HEADS", f"must divide NUM_HEADS={a.num_heads}")
+    head_dim = a.model_dim // a.num_heads
+    need(head_dim % 2 == 0, "MODEL_DIM", "must give an even head dim (MODEL_DIM / NUM_HEADS)")
+    need(a.rope_dims % 2 == 0 and a.rope_dims <= head_dim, "ROPE_DIMS", f"must be even and <= head dim {head_dim}")
+    need(a.ngram_buckets & (a.ngram_buckets - 1) == 0, "NGRAM_BUCKETS", "must be a power of two")
+    n_orders = a.ngram_max_order - 1
+    need(len(a.ngram_ent_center) in (1, n_orders), "NGRAM_ENT_CENTER",
+         f"must list 1 or {n_orders} centers (orders {a.ngram_max_order}..2)")
+    need(a.ngram_ent_base + a.ngram_ent_range < 1, "NGRAM_ENT_RANGE",
+         f"plus NGRAM_ENT_BASE={a.ngram_ent_base} must stay below 1, or the entropy head could zero the network")
+    need(a.ttt_freeze_blocks <= a.num_layers, "TTT_FREEZE_BLOCKS", f"must be <= NUM_LAYERS={a.num_layers}")
+    need(a.train_batch_tokens % a.train_seq_len == 0, "TRAIN_BATCH_TOKENS",
+         f"must be a multiple of TRAIN_SEQ_LEN={a.train_seq_len}")
+    need(a.eval_stride <= (a.eval_seq_len or a.train_seq_len), "EVAL_STRIDE", "must be <= the eval sequence length")
+
+
+def help_table() -> str:
+    """The --help text: a markdown table of every knob (the README's configuration table is this output)."""
+    lines = ["| variable | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for title, group in KNOBS:
+        lines.append(f"| **{title}** | | | | |")
+        for k in group:
+            default = ",".join(fmt_num(x) for x in k.default) if k.kind is list else k.default
+            allowed = "/".join(c or "(empty)" for c in k.choices) if k.choices else (
+                f"[{fmt_num(k.lo)}, {fmt_num(k.hi)}]" if k.lo is not None else "any")
+            default = f"`{default}`" if default != "" else "(empty)"
+            lines.append(f"| `{k.env}` | {k.kind.__name__} | {default} | {allowed} | {k.help} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DATA AND BYTE ACCOUNTING
+# The challenge's shard format, read by one checked reader (data/prepare.py imports it too), and the byte tables
+# that turn nats into bits per byte. Bytes come from the tokenizer's pieces, never from a fixed ratio.
+# ----------------------------------------------------------------------------------------------------------------
+
+SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
+BOS_ID = 1
+
+
+def write_shard(path: str | Path, tokens: np.ndarray) -> None:
+    """Write uint16 tokens with the challenge's 256-int32 header [magic, version, num_tokens, 0, ...]."""
+    tokens = np.asarray(tokens)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
+        raise UserError(f"{path}: token ids must fit in uint16")
+    header = np.zeros(SHARD_HEADER_INTS, dtype="<i4")
+    header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype("<u2").tobytes())
+
+
+def read_shard(path: str | Path, vocab_size: int | None = None, mmap: bool = False) -> np.ndarray:
+    """Read one shard as uint16, checking magic, version, size and (optionally) that every id < vocab_size.
+    mmap=True maps the tokens instead of reading them (the id check is then the caller's, per slice)."""
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else -1
+    if size < SHARD_HEADER_INTS * 4:
+        raise UserError(f"{path}: {'missing' if size < 0 else f'only {size} bytes'}; a shard needs a 1024-byte header")
+    header = np.fromfile(path, dtype="<i4", count=SHARD_HEADER_INTS)
+    if header[0] != SHARD_MAGIC:
+        raise UserError(f"{path}: wrong magic {header[0]} (expected {SHARD_MAGIC}); not a challenge shard")
+    if header[1] != SHARD_VERSION:
+        raise UserError(f"{path}: unsupported version {header[1]} (expected {SHARD_VERSION})")
+    expected = SHARD_HEADER_INTS * 4 + int(header[2]) * 2
+    if size != expected:
+        raise UserError(f"{path}: {size} bytes but the header promises {header[2]} tokens ({expected} bytes); "
+                        "truncated or corrupt, download it again")
+    if mmap:
+        return np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_INTS * 4, shape=(int(header[2]),))
+    tokens = np.fromfile(path, dtype="<u2", count=int(header[2]), offset=SHARD_HEADER_INTS * 4)
+    check_token_ids(tokens, vocab_size, path)
+    return tokens
+
+
+def check_token_ids(tokens: np.ndarray, vocab_size: int | None, path) -> None:
+    if vocab_size is not None and tokens.size and int(tokens.max()) >= vocab_size:
+        raise UserError(f"{path}: token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size}; wrong tokenizer or vocab")
+
+
+def list_shards(data_path: str, split: str) -> list[Path]:
+    """The sorted shard files of one split ('train' or 'val'), or a UserError saying how to get them."""
+    files = sorted(Path(p) for p in glob.glob(os.path.join(data_path, f"fineweb_{split}_*.bin")))
+    if not files:
+        raise UserError(f"DATA_PATH={data_path!r} has no fineweb_{split}_*.bin shards; run "
+                        "'python3 data/prepare.py sample' (tiny, offline) or 'python3 data/prepare.py fineweb'")
+    return files
+
+
+def load_tokenizer(path: str, vocab_size: int):
+    """Load the SentencePiece model and check it matches VOCAB_SIZE."""
+    import sentencepiece as spm
+    if not Path(path).is_file():
+        raise UserError(f"TOKENIZER_PATH={path!r} does not exist; it is needed to count bytes for val_bpb")
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    if sp.vocab_size() != vocab_size:
+        raise UserError(f"TOKENIZER_PATH={path!r} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}")
+    return sp
+
+
+@dataclasses.dataclass
+class ByteTables:
+    """Per-token byte accounting: a target's bytes = base + (leading space and previous token not a boundary)."""
+    base_bytes: Tensor  # int64 [V]: UTF-8 bytes of the piece without its leading '▁'; byte pieces count 1
+    leading_space: Tensor  # bool [V]: the piece starts with '▁'
+    is_boundary: Tensor  # bool [V]: control/unknown/unused ids: 0 bytes, and the next token's space is not counted
+
+    @classmethod
+    def from_tokenizer(cls, sp, vocab_size: int) -> "ByteTables":
+        base = np.zeros(vocab_size, np.int64)
+        space, boundary = np.zeros(vocab_size, bool), np.ones(vocab_size, bool)
+        for i in range(sp.vocab_size()):
+            if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+                continue
+            boundary[i] = False
+            if sp.is_byte(i):
+                base[i] = 1
+                continue
+            piece = sp.id_to_piece(i)
+            space[i] = piece.startswith("\u2581")
+            base[i] = len(piece[1:].encode() if space[i] else piece.encode())
+        return cls(torch.from_numpy(base), torch.from_numpy(space), torch.from_numpy(boundary))
+
+    def target_bytes(self, prev: Tensor, target: Tensor) -> Tensor:
+        """Bytes of each target token given the token before it (same shapes, any device)."""
+        dev = target.device
+        base, space, boundary = self.base_bytes.to(dev), self.leading_space.to(dev), self.is_boundary.to(dev)
+        return base[target] + (space[target] & ~boundary[prev]).long()
+
+
+class TokenStream:
+    """Endless sequential reader over the train shards; every rank reads the same stream and keeps its own span."""
+
+    def __init__(self, files: list[Path], vocab_size: int):
+        for f in files:  # header-only check: an empty shard would make take() spin forever
+            if read_shard(f, mmap=True).size == 0:
+                raise UserError(f"{f}: empty shard (0 tokens); delete it or download it again")
+        self.files, self.vocab_size, self.file_idx = files, vocab_size, 0
+        self.tokens, self.pos = read_shard(files[0], vocab_size), 0
+        self.total = sum(read_shard(f, mmap=True).size for f in files)
+        self.offset = 0  # stream position of the next token, so callers can tell which tokens the oracle counted
+
+    def take(self, n: int) -> np.ndarray:
+        self.offset = (self.offset + n) % self.total
+        parts = []
+        while n > 0:
+            if self.pos >= self.tokens.size:
+                self.file_idx = (self.file_idx + 1) % len(self.files)
+                self.tokens, self.pos = read_shard(self.files[self.file_idx], self.vocab_size), 0
+            part = self.tokens[self.pos:self.pos + n]
+            parts.append(part)
+            self.pos += part.size
+            n -= part.size
+        return np.concatenate(parts)
+
+
+def next_micro_batch(stream: TokenStream, global_tokens: int, seq_len: int, rank: int, world: int,
+                     device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs and targets [B, seq_len] for this rank's share of one global micro-batch of global_tokens tokens,
+    and the stream position of every target (flat, int64), which says whether the oracle counted it."""
+    per_rank, start = global_tokens // world, stream.offset
+    chunk = stream.take(global_tokens + world)  # +1 token per rank so each span has its own shifted targets
+    span = torch.from_numpy(chunk[rank * (per_rank + 1):(rank + 1) * (per_rank + 1)].astype(np.int64))
+    x, y = span[:-1].view(-1, seq_len), span[1:].view(-1, seq_len)
+    where = (start + rank * (per_rank + 1) + 1 + torch.arange(per_rank)) % stream.total
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True), where.to(device, non_blocking=True)
+
+
+def load_validation_tokens(data_path: str, vocab_size: int, max_targets: int) -> Tensor:
+    """All validation tokens concatenated (int64, CPU); with max_targets > 0 only the first max_targets + 1."""
+    tokens = np.concatenate([read_shard(f, vocab_size) for f in list_shards(data_path, "val")])
+    if max_targets:
+        tokens = tokens[:max_targets + 1]
+    if tokens.size < 2:
+        raise UserError(f"DATA_PATH={data_path!r}: validation split has fewer than 2 tokens")
+    return torch.from_numpy(tokens.astype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MODEL
+# The seeds' 11-layer stack. forward() returns logits and the final hidden state, because the n-gram gate reads it.
+# Matrices live in CastedLinear (fp32 master weights, compute dtype at use) so late QAT can fake-quantize them.
+# ----------------------------------------------------------------------------------------------------------------
+
+def rms_norm(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def fake_quantize(w: Tensor, bits: int) -> Tensor:
+    """Per-row symmetric quantize-dequantize with a straight-through gradient (late QAT)."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = w.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / qmax
+    return w + ((w / scale).round().clamp(-qmax, qmax) * scale - w).detach()
+
+
+class CastedLinear(nn.Linear):
+    """Linear without bias whose fp32 weight is cast to the input dtype; qat_bits > 0 fake-quantizes it."""
+
+    def __init__(self, fan_in: int, fan_out: int, zero_init: bool = False):
+        super().__init__(fan_in, fan_out, bias=False)
+        self.qat_bits = 0
+        if zero_init:
+            nn.init.zeros_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = fake_quantize(self.weight, self.qat_bits) if self.qat_bits else self.weight
+        return F.linear(x, w.to(x.dtype))
+
+
+def rotary_tables(seq_len: int, rope_dims: int, base: float, device) -> tuple[Tensor, Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, rope_dims, 2, device=device, dtype=torch.float32) / rope_dims)
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return freqs.cos()[None, None], freqs.sin()[None, None]
+
+
+def apply_partial_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first rope_dims dims of each head; the rest stay position-free (partial RoPE)."""
+    r = cos.size(-1) * 2
+    x1, x2, rest = x[..., :r // 2], x[..., r // 2:r], x[..., r:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
+
+
+try:  # FlashAttention 3 when installed (Hopper); PyTorch SDPA otherwise. Same math either way.
+    from flash_attn_interface import flash_attn_func as _fa3
+except ImportError:
+    _fa3 = None
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """q [B,H,T,D], k/v [B,Hkv,T,D] -> [B,H,T,D]."""
+    if _fa3 is not None and q.is_cuda:
+        q, k, v = (t.transpose(1, 2).to(torch.bfloat16) for t in (q, k, v))
+        out = _fa3(q, k, v, causal=True)
+        return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, kv_heads: int, rope_dims: int, qk_gain: float, xsa: bool):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim, self.rope_dims, self.xsa = heads, kv_heads, dim // heads, rope_dims, xsa
+        self.q = CastedLinear(dim, dim)
+        self.k = CastedLinear(dim, kv_heads * self.head_dim)
+        self.v = CastedLinear(dim, kv_heads * self.head_dim)
+        self.proj = CastedLinear(dim, dim, zero_init=True)
+        self.q_gain = nn.Parameter(torch.full((heads,), qk_gain))
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], ve: Tensor | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x)
+        v = v if ve is None else v + ve.to(v.dtype)  # v's dtype, not the fp32 residual's (FA3 needs bf16)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rms_norm(q), rms_norm(k)  # QK-norm keeps logits bounded; q_gain restores a learned temperature
+        if self.rope_dims:
+            cos, sin = rope[0][:, :, :T], rope[1][:, :, :T]
+            q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        y = causal_attention(q, k, v)
+        if self.xsa:
+            # Exclusive self-attention (arXiv:2603.09078): remove the component along the token's own value, so the
+            # layer carries context rather than a copy of itself.
+            vn = F.normalize(v.repeat_interleave(self.heads // self.kv_heads, dim=1), dim=-1)
+            y = y - (y * vn).sum(-1, keepdim=True) * vn
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc, self.proj = CastedLinear(dim, hidden), CastedLinear(hidden, dim, zero_init=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.leaky_relu(self.fc(x), 0.5).square())
+
+
+class Block(nn.Module):
+    def __init__(self, layer: int, dim: int, heads: int, kv_heads: int, mlp_hidden: int, rope_dims: int,
+                 qk_gain: float, xsa: bool):
+        super().__init__()
+        self.attn = Attention(dim, heads, kv_heads, rope_dims, qk_gain, xsa)
+        self.mlp = MLP(dim, mlp_hidden)
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.ones(dim))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))  # x, x0 mixing
+        self.ln_scale = 1.0 / math.sqrt(layer + 1)  # damp deeper layers' inputs at init (layer-norm scale)
+
+    def forward(self, x: Tensor, x0: Tensor, rope, ve: Tensor | None) -> Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, rope, ve)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
+
+
+GATE_NEURAL_BIAS_INIT = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    num_layers: int
+    model_dim: int
+    num_heads: int
+    num_kv_heads: int
+    mlp_mult: float
+    rope_dims: int
+    rope_base: float
+    logit_softcap: float
+    qk_gain_init: float
+    xsa_last_n: int
+    ve_last_n: int
+    bigram_vocab_size: int
+    bigram_dim: int
+    max_seq_len: int
+    gate_outputs: int  # 1 + number of n-gram orders for MIXER_HEAD=multi, else 0
+
+    @classmethod
+    def from_args(cls, a) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)} - {"max_seq_len", "gate_outputs"}
+        return cls(**{n: getattr(a, n) for n in names}, max_seq_len=max(a.train_seq_len, a.eval_seq_len),
+                   gate_outputs=a.ngram_max_order if a.mixer_head == "multi" else 0)
+
+
+class GPT(nn.Module):
+    """Token + BigramHash embedding, SmearGate, U-Net of Blocks, tied softcapped head, optional mixer gate."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.c = c
+        kv_dim = c.num_kv_heads * (c.model_dim // c.num_heads)
+        self.tok_emb = nn.Embedding(c.vocab_size, c.model_dim)
+        nn.init.normal_(self.tok_emb.weight, std=0.005)
+        if c.bigram_vocab_size:  # hashed (previous, current) token pairs: cheap extra input capacity
+            self.bigram_emb = nn.Embedding(c.bigram_vocab_size, c.bigram_dim)
+            nn.init.zeros_(self.bigram_emb.weight)
+            self.bigram_proj = CastedLinear(c.bigram_dim, c.model_dim)
+        self.smear_gate = nn.Parameter(torch.zeros(c.model_dim))
+        if c.ve_last_n:  # one value-embedding table shared by the last VE_LAST_N layers, each with its own gain
+            self.value_emb = nn.Embedding(c.vocab_size, kv_dim)
+            nn.init.normal_(self.value_emb.weight, std=0.005)
+            self.ve_gain = nn.Parameter(torch.ones(c.ve_last_n))
+        hidden = int(c.mlp_mult * c.model_dim)
+        self.blocks = nn.ModuleList(
+            Block(i, c.model_dim, c.num_heads, c.num_kv_heads, hidden, c.rope_dims, c.qk_gain_init,
+                  xsa=i >= c.num_layers - c.xsa_last_n) for i in range(c.num_layers))
+        self.num_encoder = c.num_layers // 2  # U-Net: encoder outputs feed the mirrored decoder layers
+        self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, c.num_layers - self.num_encoder), c.model_dim))
+        if c.gate_outputs:  # starts trusting the network (weight ~0.8 against 6 orders); training moves it
+            self.mixer_gate = nn.Linear(c.model_dim, c.gate_outputs)
+            nn.init.zeros_(self.mixer_gate.weight)
+            nn.init.constant_(self.mixer_gate.bias, 0.0)
+            self.mixer_gate.bias.data[0] = GATE_NEURAL_BIAS_INIT
+        cos, sin = rotary_tables(c.max_seq_len, max(c.rope_dims, 2), c.rope_base, "cpu")
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def bigram_ids(self, tokens: Tensor) -> Tensor:
+        """Bucket of (previous, current); the first position and BOS positions get a reserved bucket so no
+        information crosses a document boundary."""
+        prev = F.pad(tokens[:, :-1], (1, 0))
+        h = (prev * 1000003 + tokens * 8191) % (self.c.bigram_vocab_size - 1)  # two odd primes: a cheap pair hash
+        starts = tokens == BOS_ID
+        starts[:, 0] = True
+        return torch.where(starts, self.c.bigram_vocab_size - 1, h)
+
+    def smear(self, x: Tensor, tokens: Tensor) -> Tensor:
+        """SmearGate: blend each position with the previous one, never across a BOS (the previous document)."""
+        prev = F.pad(x[:, :-1], (0, 0, 1, 0))
+        allowed = (tokens != BOS_ID).unsqueeze(-1).to(x.dtype)
+        allowed[:, 0] = 0
+        return x + allowed * torch.sigmoid(self.smear_gate).to(x.dtype) * (prev - x)
+
+    def hidden(self, tokens: Tensor) -> Tensor:
+        """tokens [B,T] -> final normalized hidden state [B,T,D] (what the mixer gate reads)."""
+        x = self.tok_emb(tokens)
+        if self.c.bigram_vocab_size:
+            x = x + self.bigram_proj(self.bigram_emb(self.bigram_ids(tokens)))
+        x = x0 = rms_norm(self.smear(x, tokens))
+        ve = self.value_emb(tokens) if self.c.ve_last_n else None
+        rope, skips = (self.rope_cos, self.rope_sin), []
+        for i, block in enumerate(self.blocks):
+            j = i - (self.c.num_layers - self.c.ve_last_n)
+            x = block(x, x0, rope, ve * self.ve_gain[j].to(ve.dtype) if j >= 0 else None)
+            if i < self.num_encoder:
+                skips.append(x)
+            elif skips and i - self.num_encoder < self.skip_weights.size(0):
+                x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
+        return rms_norm(x)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """Tied, softcapped output head in float32. Eval applies it only to the positions it scores."""
+        logits = F.linear(h, self.tok_emb.weight.to(h.dtype)).float()
+        return self.c.logit_softcap * torch.tanh(logits / self.c.logit_softcap)
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """tokens [B,T] -> (logits [B,T,V] float32, final hidden [B,T,D])."""
+        h = self.hidden(tokens)
+        return self.logits(h), h
+
+    def matrices(self) -> list[CastedLinear]:
+        return [m for m in self.modules() if isinstance(m, CastedLinear)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# OPTIMIZER
+# Muon (github.com/KellerJordan/Muon) for block matrices: orthogonalized momentum, each rank orthogonalizes its
+# share of the matrices and one all-reduce shares the results. Adam for embeddings, gains and gates.
+# ----------------------------------------------------------------------------------------------------------------
+
+def newton_schulz_orthogonalize(g: Tensor, steps: int) -> Tensor:
+    """Approximate U V^T of g's SVD with the quintic iteration tuned for speed (singular values land in ~[0.7, 1.2])."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16() if g.is_cuda else g.float()
+    x = x / (x.norm() + 1e-7)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum, then Newton-Schulz orthogonalization, then decoupled weight decay and the step.
+
+    Call after gradients are averaged across ranks. Matrix i is orthogonalized by rank i % world; a flat buffer
+    all-reduce (sum of disjoint pieces) gives every rank every update, so all replicas stay identical.
+    """
+
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self):
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        for group in self.param_groups:
+            params = group["params"]
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.float32)
+            offset = 0
+            for i, p in enumerate(params):
+                if i % world == rank and p.grad is not None:
+                    buf = self.state[p].setdefault("momentum", torch.zeros_like(p.grad))
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    g = p.grad.add(buf, alpha=group["momentum"])
+                    u = newton_schulz_orthogonalize(g, group["ns_steps"])
+                    u *= max(1.0, p.size(0) / p.size(1)) ** 0.5  # same RMS step for tall and wide matrices
+                    flat[offset:offset + p.numel()] = u.flatten().float()
+                offset += p.numel()
+            if world > 1:
+                dist.all_reduce(flat)
+            offset = 0
+            for p in params:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
+                offset += p.numel()
+
+
+def optimizer_groups(model: GPT) -> dict[str, list[Tensor]]:
+    """Muon for every CastedLinear weight (block and bigram matrices); Adam for embedding tables and for the
+    small 1-D/2-D gains, residual mixes, skip weights and mixer gate, which orthogonalizing would wreck."""
+    matrices = {id(m.weight) for m in model.matrices()}
+    groups: dict[str, list[Tensor]] = {"matrix": [], "table": [], "scalar": []}
+    for name, p in model.named_parameters():
+        role = "matrix" if id(p) in matrices else "table" if name.endswith("_emb.weight") else "scalar"
+        groups[role].append(p)
+    return groups
+
+
+def build_optimizers(model: GPT, a) -> list[torch.optim.Optimizer]:
+    """One Muon for matrices, one Adam for tables and scalars; each group remembers its base LR for scheduling."""
+    groups = optimizer_groups(model)
+    muon = Muon(groups["matrix"], a.matrix_lr, a.muon_momentum_warmup_start, a.muon_wd, a.muon_ns_steps)
+    adam = torch.optim.AdamW(
+        [dict(params=groups["table"], lr=a.tied_embed_lr, weight_decay=a.adam_wd),
+         dict(params=groups["scalar"], lr=a.scalar_lr, weight_decay=0.0)], betas=(0.9, 0.95), eps=1e-8)
+    for opt in (muon, adam):
+        for g in opt.param_groups:
+            g["base_lr"] = g["lr"]
+    return [muon, adam]
+
+
+def lr_multiplier(a, step: int, elapsed_ms: float, budget_ms: float) -> float:
+    """1 until the warmdown, then linear to 0: by remaining wallclock when capped (elapsed and budget counted
+    from the first step, so prefill time is not mistaken for step time), else by remaining steps."""
+    if a.warmdown_iters == 0:
+        return 1.0
+    if a.max_wallclock_seconds:
+        step_ms = elapsed_ms / max(step, 1)
+        remaining_ms = max(budget_ms - elapsed_ms, 0.0)
+        return min(1.0, remaining_ms / max(a.warmdown_iters * step_ms, 1e-9))
+    return min(1.0, max(a.iterations - step, 0) / a.warmdown_iters)
+
+
+class WeightAverager:
+    """EMA with warm-up (decay_t = min(decay, (1+t)/(10+t)), so short runs are not dominated by the init), and
+    SWA: a uniform average of EMA snapshots taken in the warmdown tail. final() picks SWA, else EMA, else raw."""
+
+    def __init__(self, model: nn.Module, ema_decay: float):
+        self.ema_decay, self.steps, self.swa_count = ema_decay, 0, 0
+        self.ema = {k: v.detach().float().clone() for k, v in model.state_dict().items()} if ema_decay else None
+        self.swa: dict[str, Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        if self.ema is None:
+            return
+        d = min(self.ema_decay, (1 + self.steps) / (10 + self.steps))
+        for k, v in model.state_dict().items():
+            self.ema[k].mul_(d).add_(v.float(), alpha=1 - d)
+        self.steps += 1
+
+    @torch.no_grad()
+    def snapshot(self, model: nn.Module) -> None:
+        src = self.ema or {k: v.float() for k, v in model.state_dict().items()}
+        if self.swa is None:
+            self.swa = {k: torch.zeros_like(v) for k, v in src.items()}
+        for k, v in src.items():
+            self.swa[k].add_(v)
+        self.swa_count += 1
+
+    def final(self, model: nn.Module) -> tuple[dict[str, Tensor], str]:
+        if self.swa is not None:
+            return {k: v / self.swa_count for k, v in self.swa.items()}, f"swa({self.swa_count} snapshots)"
+        if self.ema is not None:
+            return self.ema, f"ema({self.ema_decay})"
+        return model.state_dict(), "raw"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# N-GRAM MIXER
+# Experts of orders 2..N predict the next token from counts. NGRAM_SCORING=normalized (default, valid): a context
+# is a 53-bit-class fingerprint of its k-1 tokens, a (context, token) pair is (fingerprint << vocab_bits) | token,
+# a bijection, and both live in hash maps that store and verify the full key. A context's count is *derived* from
+# the pair insertions that succeeded, so ctx[c] == sum_v pair[c, v] always: p_k(v) = pair[c, v] / ctx[c] is a
+# distribution over the whole vocabulary even when fingerprints collide or a table is full. Validity (count >=
+# NGRAM_MIN_COUNT), backoff and gate weights read the context only, so the mixture of experts sums to 1 and the
+# target's probability is read off it. NGRAM_SCORING=hashed_target is the seeds' rule: direct-mapped counters read
+# at hash(context, target) only; its implied sum over the vocabulary is far from 1 (the audit prints how far),
+# so it is for comparison only and never valid for a record.
+# ----------------------------------------------------------------------------------------------------------------
+
+EMPTY_KEY = -1
+
+
+def _u64(x: int) -> int:
+    """A 64-bit constant as the int64 torch stores (two's complement)."""
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+MIX_C1, MIX_C2 = _u64(0xBF58476D1CE4E5B9), _u64(0x94D049BB133111EB)  # splitmix64 finalizer constants
+SEED_PRIMES = (36313, 27191, 51647, 81929, 131071, 174763, 233017, 283721, 347237, 411527, 479909, 541483,
+               611953, 683759, 755617, 821677, 889001)  # the seeds' XOR-hash multipliers, one per context slot
+
+
+def mix64(x: Tensor) -> Tensor:
+    """splitmix64 finalizer on int64 (wrapping multiply; masks emulate logical shifts). Same bits on CPU and GPU."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * MIX_C1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * MIX_C2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+class CountTable:
+    """Open-addressing hash maps int64 key (>= 0) -> int32 count with stored, verified keys: `segments` independent
+    maps of `capacity` slots in one tensor, so every order's pair and context maps are probed in one loop.
+
+    Batched: add() counts keys already present, then lets new keys claim empty slots probe by probe; when two
+    new keys race for one slot one wins and the other probes on. Occupancy per segment is capped at max_load: past
+    it the least frequent new keys of a batch are dropped (reported, never merged with another key), which keeps
+    every miss short, since it ends at the first empty slot. No deletions, so lookups stay consistent.
+    """
+
+    def __init__(self, segments: int, capacity: int, device, max_load: float = 0.75, max_probes: int = 64):
+        self.keys = torch.full((segments * capacity,), EMPTY_KEY, dtype=torch.int64, device=device)
+        self.counts = torch.zeros(segments * capacity, dtype=torch.int32, device=device)
+        self.capacity, self.mask, self.max_probes = capacity, capacity - 1, max_probes
+        self.used = torch.zeros(segments, dtype=torch.int64, device=device)
+        self.limit = int(capacity * max_load)
+
+    def nbytes(self) -> int:
+        return self.keys.numel() * 8 + self.counts.numel() * 4
+
+    def probe_start(self, keys: Tensor, seg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Segment base, home slot and odd stride per key. Double hashing: at 75% load a miss takes ~4 probes (at
+        most ~35 measured) where linear probing's clusters take ~8 (at most ~136)."""
+        return seg * self.capacity, mix64(keys), (mix64(keys ^ 0x5BD1E995) >> 20) | 1
+
+    def find(self, keys: Tensor, seg: Tensor) -> Tensor:
+        """Flat slot of each (segment, key), -1 where absent."""
+        slots = torch.full_like(keys, -1)
+        pending = torch.arange(keys.numel(), device=keys.device)
+        base, home, stride = self.probe_start(keys, seg)
+        for probe in range(self.max_probes):
+            if pending.numel() == 0:
+                break
+            slot = base[pending] + ((home[pending] + probe * stride[pending]) & self.mask)
+            found = self.keys[slot]
+            hit = found == keys[pending]
+            slots[pending[hit]] = slot[hit]
+            pending = pending[~hit & (found != EMPTY_KEY)]
+        return slots
+
+    def add(self, keys: Tensor, counts: Tensor, seg: Tensor) -> Tensor:
+        """Add counts for distinct (segment, key) pairs; returns a bool mask of those that were stored."""
+        slots = self.find(keys, seg)
+        stored = slots >= 0
+        self.counts.index_add_(0, slots[stored], counts[stored].to(torch.int32))
+        new = torch.nonzero(~stored).squeeze(1)
+        # within each segment keep the most frequent new keys that fit its budget (stable: ties by key order)
+        new = new[torch.argsort(counts[new], descending=True, stable=True)]
+        new = new[torch.argsort(seg[new], stable=True)]
+        first = torch.searchsorted(seg[new], seg[new], right=False)
+        new = new[torch.arange(new.numel(), device=new.device) - first < (self.limit - self.used)[seg[new]]]
+        base, home, stride = self.probe_start(keys[new], seg[new])
+        for probe in range(self.max_probes):
+            if new.numel() == 0:
+                break
+            slot = base + ((home + probe * stride) & self.mask)
+            empty = self.keys[slot] == EMPTY_KEY
+            self.keys[slot[empty]] = keys[new[empty]]  # racing writers: exactly one key lands per slot
+            mine = self.keys[slot] == keys[new]
+            self.counts.index_add_(0, slot[mine], counts[new[mine]].to(torch.int32))
+            stored[new[mine]] = True
+            self.used += torch.bincount(seg[new[mine]], minlength=self.used.numel())
+            keep = ~mine
+            new, base, home, stride = new[keep], base[keep], home[keep], stride[keep]
+        return stored
+
+    def lookup(self, keys: Tensor, seg: Tensor) -> Tensor:
+        """Counts of (segment, key) pairs (0 where absent), flat tensors."""
+        slots = self.find(keys, seg)
+        return torch.where(slots >= 0, self.counts[slots.clamp_min(0)], 0)
+
+
+class NgramCache:
+    """Counts for orders 2..max_order and the per-order expert probability of a given next token.
+
+    A position t of a history tensor hist [..., T] has context hist[..., t-k+2 .. t] for order k (the k-1 tokens
+    ending at t) and predicts the token after it. Keys are -1 where the history is too short for the order.
+    Segment 2o holds order o's (context, token) counts, segment 2o+1 its context counts.
+    """
+
+    def __init__(self, max_order: int, buckets: int, vocab_size: int, scoring: str, min_count: int, device):
+        self.orders = list(range(2, max_order + 1))
+        self.scoring, self.min_count, self.buckets = scoring, min_count, buckets
+        # >= 6 bits: add() packs the segment (< 64) above a context fingerprint, which must stay a positive int64
+        self.vocab_bits = max(6, (vocab_size - 1).bit_length())
+        self.fp_mask = (1 << (63 - self.vocab_bits)) - 1  # fingerprint << vocab_bits | token stays a positive int64
+        if scoring == "normalized":
+            self.table = CountTable(2 * len(self.orders), buckets, device)
+        else:  # the seeds' direct-mapped counters, indexed by segment * buckets + hash bucket
+            self.dense = torch.zeros(2 * len(self.orders) * buckets, dtype=torch.int32, device=device)
+
+    def nbytes(self) -> int:
+        return self.table.nbytes() if self.scoring == "normalized" else self.dense.numel() * 4
+
+    def keys(self, hist: Tensor, nxt: Tensor) -> Tensor:
+        """Pair keys [n_orders, *hist.shape] for (context ending at t, token nxt[t]); -1 without enough history."""
+        return self.keys_from(lambda j: F.pad(hist[..., :hist.size(-1) - j], (j, 0), value=-1) if j else hist, nxt)
+
+    def keys_from(self, back, nxt: Tensor) -> Tensor:
+        """The one key recipe: back(j) gives the token j steps before the predicted one (-1 where none), so order
+        k folds in back(0..k-2). Sequences (keys) and single positions (target_keys) both come through here."""
+        h, out = torch.zeros_like(nxt), []
+        for j in range(len(self.orders)):  # after folding in j+1 tokens, h identifies the order-(j+2) context
+            tok = back(j)
+            if self.scoring == "normalized":
+                h = mix64(h * 31 + tok + 2)
+                key = ((h & self.fp_mask) << self.vocab_bits) | nxt
+            else:  # seeds: ctx = XOR of token * prime, full = ctx XOR target * next prime; bucket = & (buckets-1)
+                h = h ^ (tok * SEED_PRIMES[j])
+                m = self.buckets - 1
+                key = ((h ^ (nxt * SEED_PRIMES[j + 1])) & m) * self.buckets + (h & m)
+            out.append(torch.where(tok >= 0, key, EMPTY_KEY))
+        return torch.stack(out)
+
+    def add(self, keys: Tensor, counts: Tensor | None = None) -> None:
+        """Count pair keys [n_orders, n] (-1 entries ignored), with per-key counts if given (default 1 each)."""
+        uniq = [unique_sum(k[k >= 0], (torch.ones_like(k) if counts is None else counts[o])[k >= 0])
+                for o, k in enumerate(keys)]
+        k = torch.cat([u[0] for u in uniq])
+        c = torch.cat([u[1] for u in uniq])
+        seg = torch.cat([torch.full_like(u[0], 2 * o) for o, u in enumerate(uniq)])
+        if self.scoring == "normalized":
+            stored = self.table.add(k, c, seg)
+            # contexts count only the pairs that were stored; seg sits above the fingerprint bits to dedupe by order
+            packed, pc = unique_sum((k[stored] >> self.vocab_bits) | ((seg[stored] + 1) << (63 - self.vocab_bits)),
+                                    c[stored])
+            self.table.add(packed & self.fp_mask, pc, packed >> (63 - self.vocab_bits))
+        else:
+            base = seg * self.buckets
+            self.dense.index_add_(0, base + k // self.buckets, c.to(torch.int32))
+            self.dense.index_add_(0, base + self.buckets + k % self.buckets, c.to(torch.int32))
+
+    def expert_probs(self, keys: Tensor, counted: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(p [n_orders, ...] float32 of the keyed next token, valid [n_orders, ...] bool). valid reads only the
+        context count, never the token. All orders are looked up in one pass. counted (training only, bool like
+        keys, from counted_pairs): (order, position) pairs whose own occurrence is in the counts; it is left out."""
+        n_orders, shape = len(self.orders), keys.shape
+        k = keys.reshape(n_orders, -1).clamp_min(0)
+        seg = 2 * torch.arange(n_orders, device=k.device)[:, None].expand_as(k)
+        if self.scoring == "normalized":
+            counts = self.table.lookup(torch.cat([k, k >> self.vocab_bits]).reshape(-1),
+                                       torch.cat([seg, seg + 1]).reshape(-1)).view(2 * n_orders, -1)
+            n, c = counts[:n_orders], counts[n_orders:]
+        else:
+            base = seg * self.buckets
+            c = self.dense[base + self.buckets + k % self.buckets]
+            n = torch.minimum(self.dense[base + k // self.buckets], c)
+        if counted is not None:  # leave-one-out, only where the pair was stored (a dropped pair is in neither count)
+            own = (counted.reshape(n_orders, -1) & (n > 0)).int()
+            n, c = n - own, c - own
+        p = n.float() / c.clamp_min(1).float()
+        valid = (keys.reshape(n_orders, -1) >= 0) & (c >= self.min_count)
+        return p.view(shape), valid.view(shape)
+
+    def clone(self) -> "NgramCache":
+        new = copy.copy(self)
+        if self.scoring == "normalized":
+            new.table = copy.copy(self.table)
+            new.table.keys, new.table.counts, new.table.used = (t.clone() for t in (self.table.keys, self.table.counts,
+                                                                                   self.table.used))
+        else:
+            new.dense = self.dense.clone()
+        return new
+
+
+def unique_sum(keys: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Distinct keys and the summed count of each."""
+    k, inverse = torch.unique(keys, return_inverse=True)
+    return k, torch.zeros_like(k).index_add_(0, inverse, counts)
+
+
+PREFILL_MAX_SHARE = 0.25  # of the training budget; past it the oracle keeps the prefix counted so far
+
+
+def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, vocab_size: int, rank: int,
+                        world: int, device, log, time_limit_s: float = 0.0, block_tokens: int = 0) -> int:
+    """Count the training shards (first max_tokens, 0: all) into cache; returns how many tokens it counted, a
+    prefix of the training stream (leave-one-out relies on that). Blocks go round-robin to ranks; each round
+    every rank dedupes its block and all ranks insert the gathered union, so all end with the same counts.
+    Contexts run on across shard boundaries, as in TokenStream, so every counted pair is one the training loop
+    sees. Stops after the round in which time_limit_s (if set) ran out."""
+    span = len(cache.orders)
+    block_tokens = block_tokens or max(1 << 18, (1 << 25) // (world * span))  # bounds the gathered keys' memory
+    blocks, total, shards, previous = [], 0, {}, {}
+    for i, f in enumerate(files):
+        shards[f], previous[f] = read_shard(f, mmap=True), files[i - 1] if i else None
+        n = min(shards[f].size, max_tokens - total) if max_tokens else shards[f].size
+        blocks += [(f, s, min(s + block_tokens, n)) for s in range(0, n, block_tokens)]
+        total += n
+        if max_tokens and total >= max_tokens:
+            break
+    t0, done, rounds = time.perf_counter(), 0, range(0, len(blocks), world)
+    for i, r in enumerate(rounds):
+        keys = torch.full((span, 0), EMPTY_KEY, dtype=torch.int64, device=device)
+        counts, error = keys, ""
+        if r + rank < len(blocks):
+            f, s, e = blocks[r + rank]
+            lead = np.asarray(shards[f][max(0, s - span):s])  # context only
+            if s < span and previous[f] is not None:
+                lead = np.concatenate([np.asarray(shards[previous[f]][s - span:]), lead])
+            part = np.concatenate([lead, np.asarray(shards[f][s:e])])
+            try:
+                check_token_ids(part, vocab_size, f)
+                keys, counts = stream_key_counts(cache, torch.from_numpy(part.astype(np.int64)).to(device),
+                                                 max(lead.size, 1))
+            except UserError as exc:
+                error = str(exc)
+        flags = torch.tensor([float(bool(error)), float(bool(time_limit_s) and time.perf_counter() - t0 > time_limit_s)],
+                             device=device)
+        if world > 1:  # every rank must take the same branch, or the next collective hangs
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            keys, counts = all_gather_padded(keys), all_gather_padded(counts)
+        if flags[0]:
+            raise UserError(error or "another rank found a token id >= VOCAB_SIZE in a training shard (its error says where)")
+        cache.add(keys, counts)
+        done += sum(e - s for _, s, e in blocks[r:r + world])
+        elapsed = time.perf_counter() - t0
+        if flags[1] or i + 1 == len(rounds) or (i + 1) % max(1, len(rounds) // 10) == 0:
+            log(f"ngram_prefill tokens:{done}/{total} elapsed:{elapsed:.1f}s rate:{done / max(elapsed, 1e-9) / 1e6:.1f}M tok/s")
+        if flags[1]:
+            log(f"ngram_prefill stopped_early: {elapsed:.0f}s is over {PREFILL_MAX_SHARE:.0%} of the training budget; "
+                f"the oracle keeps the first {done} tokens (set NGRAM_PREFILL_TOKENS to choose)")
+            return done
+    return done
+
+
+def counted_pairs(cache: NgramCache, where: Tensor, oracle_tokens: int) -> Tensor:
+    """bool [n_orders, N]: which (order, target) pairs prefill counted, given the targets' stream positions: the
+    target lies in the counted prefix and its order-k context starts inside the stream (after an epoch wraps,
+    the first targets' contexts reach back into the last shard, which prefill never paired with them)."""
+    orders = torch.tensor(cache.orders, device=where.device)[:, None]
+    return (where < oracle_tokens) & (where >= orders - 1)
+
+
+def stream_key_counts(cache: NgramCache, toks: Tensor, first: int) -> tuple[Tensor, Tensor]:
+    """Distinct pair keys of targets toks[first:] (earlier tokens are context only) and their counts, both
+    [n_orders, width] padded with -1, ready to all-gather and add."""
+    keys = cache.keys(toks[:-1], toks[1:])[:, first - 1:]
+    uniq = [unique_sum(k[k >= 0], torch.ones_like(k[k >= 0])) for k in keys]
+    width = max(k.numel() for k, _ in uniq)
+    return (torch.stack([F.pad(k, (0, width - k.numel()), value=EMPTY_KEY) for k, _ in uniq]),
+            torch.stack([F.pad(c, (0, width - c.numel()), value=EMPTY_KEY) for _, c in uniq]))
+
+
+def all_gather_padded(x: Tensor) -> Tensor:
+    """all_gather of [rows, n_rank] tensors with a different n per rank, concatenated along dim 1. Padding is -1,
+    which add() skips as a key (and so ignores the padded counts). gloo and NCCL both need equal shapes."""
+    width = torch.tensor([x.size(1)], device=x.device)
+    widths = [torch.zeros_like(width) for _ in range(dist.get_world_size())]
+    dist.all_gather(widths, width)
+    pad = int(max(w.item() for w in widths))
+    x = F.pad(x, (0, pad - x.size(1)), value=EMPTY_KEY)
+    parts = [torch.empty_like(x) for _ in widths]
+    dist.all_gather(parts, x)
+    return torch.cat(parts, dim=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerConfig:
+    """How the neural expert and the n-gram experts are weighted (MIXER_HEAD and the NGRAM_ENT_* knobs)."""
+    head: str
+    neural_floor: float
+    ent_base: float
+    ent_range: float
+    ent_scale: float
+    ent_centers: tuple[float, ...]  # one per order, index 0 = order 2
+
+    @classmethod
+    def from_args(cls, a) -> "MixerConfig":
+        centers = a.ngram_ent_center * (a.ngram_max_order - 1) if len(a.ngram_ent_center) == 1 else a.ngram_ent_center
+        return cls(a.mixer_head, a.mixer_neural_floor, a.ngram_ent_base, a.ngram_ent_range, a.ngram_ent_scale,
+                   tuple(reversed(centers)))  # NGRAM_ENT_CENTER lists orders high -> low, as the seeds wrote it
+
+
+def mixture_log_weights(m: MixerConfig, gate_logits: Tensor | None, valid: Tensor, neural_logp: Tensor | None) -> Tensor:
+    """log weights [1 + n_orders, n] of (neural, order 2, ..., order N). They read the gate's hidden state, the
+    neural distribution and which orders are valid (a context property), never the target: so they sum to 1
+    over experts for any target, and the mixture is a distribution whenever each expert is."""
+    n_orders, n = valid.shape
+    log_w = torch.full((1 + n_orders, n), -math.inf, device=valid.device)
+    if m.head == "multi":  # learned gate, softmax over the neural expert and the valid orders
+        masked = gate_logits.float().T.masked_fill(torch.cat([valid.new_zeros(1, n), ~valid]), -math.inf)
+        log_w = torch.log_softmax(masked, dim=0)
+        if m.neural_floor:  # w = floor * [1, 0, ...] + (1 - floor) * softmax, built without in-place writes
+            log_w = log_w + math.log1p(-m.neural_floor)
+            floor = torch.logaddexp(log_w[:1], torch.full_like(log_w[:1], math.log(m.neural_floor)))
+            log_w = torch.cat([floor, log_w[1:]])
+    elif m.head == "entropy":  # backoff to the highest valid order; trust it more when the network is unsure
+        top = torch.where(valid.any(0), n_orders - 1 - valid.flip(0).int().argmax(0), -1)
+        entropy = -(neural_logp.exp() * neural_logp).sum(-1).detach()
+        center = torch.tensor(m.ent_centers, device=valid.device)[top.clamp_min(0)]
+        alpha = m.ent_base + m.ent_range * torch.sigmoid(m.ent_scale * (entropy - center))
+        alpha = torch.where(top >= 0, alpha, 0.0)
+        log_w[0] = torch.log1p(-alpha)
+        rows = torch.nonzero(top >= 0).squeeze(1)
+        log_w[1 + top[rows], rows] = alpha[rows].log()
+    else:
+        log_w[0] = 0.0
+    return log_w
+
+
+def target_keys(cache: NgramCache, tokens: Tensor, idx: Tensor, targets: Tensor) -> Tensor:
+    """Pair keys [n_orders, n] for predicting `targets` at stream positions idx from the tokens before idx.
+    Scoring, the cache update and the audit (which swaps in every vocabulary token) all key through here."""
+    def back(j):
+        pos = idx - 1 - j
+        return torch.where(pos >= 0, tokens[pos.clamp_min(0)], -1)
+    return cache.keys_from(back, targets)
+
+
+def mixed_nll(m: MixerConfig, logits: Tensor, gate_logits: Tensor | None, cache: NgramCache | None,
+              tokens: Tensor, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-position -log p_mix(target) and the log weights used. logits [n, V] and gate_logits [n, k] belong to
+    positions idx of the token stream; the n-gram experts read only the cache and tokens before idx."""
+    neural_logp = torch.log_softmax(logits.float(), dim=-1)
+    logp_target = neural_logp.gather(1, targets[:, None]).squeeze(1)
+    if cache is None or m.head == "none":
+        return -logp_target, torch.zeros(1, logp_target.numel(), device=logits.device)
+    p, valid = cache.expert_probs(target_keys(cache, tokens, idx, targets))
+    log_w = mixture_log_weights(m, gate_logits, valid, neural_logp)
+    return -mixture_log_prob(log_w, logp_target, p), log_w
+
+
+def mixture_log_prob(log_w: Tensor, neural_logp_target: Tensor, ngram_p: Tensor) -> Tensor:
+    """log(w_0 p_neural + sum_k w_k p_k) at the target, in log space (invalid experts carry log weight -inf)."""
+    return torch.logsumexp(log_w + torch.cat([neural_logp_target[None], ngram_p.log()]), dim=0)
+
+
+def training_loss(model: nn.Module, x: Tensor, y: Tensor, oracle: NgramCache | None, m: MixerConfig, a,
+                  counted: Tensor | None = None) -> Tensor:
+    """CE (optionally complementary-weighted) + MIXER_LOSS_WEIGHT x mixture NLL against the frozen oracle, whose
+    probabilities are constants; the mixture loss trains the gate and, through its input, the transformer.
+    counted (from counted_pairs) marks the (order, target) pairs the oracle counted: leaving their own count out
+    makes the oracle a held-out estimate, as the eval cache is. Without it the gate learns to trust n-grams that
+    have already seen the target."""
+    logits, h = model(x)
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
+    if oracle is None:
+        return nll.mean()
+    with torch.no_grad():
+        p, valid = oracle.expert_probs(oracle.keys(x, y), counted)
+        p, valid = p.reshape(len(oracle.orders), -1), valid.reshape(len(oracle.orders), -1)
+    weight = torch.ones_like(nll)
+    if a.complement_alpha:  # learn less where the oracle already knows the answer (complementary training)
+        best = torch.where(valid, p, 0.0).amax(0)
+        ramp = ((best - a.complement_threshold) / (1 - a.complement_threshold)).clamp(0, 1)
+        weight = (1 - a.complement_alpha * ramp).clamp_min(0.05)
+    loss = (weight * nll).mean()
+    if m.head == "multi" and a.mixer_loss_weight:
+        log_w = mixture_log_weights(m, model.mixer_gate(h).reshape(nll.numel(), -1), valid, None)
+        loss = loss - a.mixer_loss_weight * mixture_log_prob(log_w, -nll, p).mean()
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# QUANTIZATION AND EXPORT
+# Per-row symmetric quantization with a per-row clip picked from a few candidates by reconstruction error.
+# Values are stored one per byte, not bit-packed: zstd's entropy coder works on bytes, and on int6/int5 values
+# byte containers compress to ~entropy while dense packing hides the symbols (bench/quant_storage.py: gaussian
+# int6 5.36 vs 5.79 bits/weight, laplace int6 4.72 vs 5.54). Artifact = code bytes + this compressed blob.
+# ----------------------------------------------------------------------------------------------------------------
+
+CLIP_FRACTIONS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6)  # of each row's max |w|; int5 rows prefer tighter clips
+
+
+def quant_bits_for(name: str, t: Tensor, a) -> int:
+    """Bits for a state-dict tensor: 0 keeps it in fp16 (1-D and small tensors, the mixer gate)."""
+    if t.ndim != 2 or t.numel() < 65536:
+        return 0
+    if name.endswith("_emb.weight"):
+        return a.quant_embed_bits
+    return a.quant_mlp_bits if ".mlp." in name else a.quant_bits
+
+
+def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """int8 codes in [-qmax, qmax] and fp16 per-row scales, clip chosen per row by squared error."""
+    w = w.float()
+    qmax = 2 ** (bits - 1) - 1
+    row_max = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+    best_q, best_s, best_err = None, None, None
+    for frac in CLIP_FRACTIONS:
+        s = (row_max * frac / qmax).half().float()  # the scale as it will be stored
+        q = (w / s).round().clamp(-qmax, qmax)
+        err = (q * s - w).square().sum(dim=1, keepdim=True)
+        if best_err is None:
+            best_q, best_s, best_err = q, s, err
+        else:
+            better = err < best_err
+            best_q, best_s, best_err = torch.where(better, q, best_q), torch.where(better, s, best_s), torch.minimum(err, best_err)
+    return best_q.to(torch.int8), best_s.squeeze(1).half()
+
+
+def quantize_state(state: dict[str, Tensor], a) -> dict[str, dict]:
+    out = {}
+    for name, t in state.items():
+        bits = quant_bits_for(name, t, a)
+        if bits:
+            q, s = quantize_rows(t, bits)
+            out[name] = dict(q=q.cpu(), scale=s.cpu(), bits=bits)
+        else:
+            out[name] = dict(value=t.detach().cpu().half() if t.is_floating_point() else t.detach().cpu())
+    return out
+
+
+def dequantize_state(qstate: dict[str, dict]) -> dict[str, Tensor]:
+    return {k: v["q"].float() * v["scale"].float()[:, None] if "q" in v else v["value"].float() for k, v in qstate.items()}
+
+
+def serialize_artifact(qstate: dict[str, dict], model_cfg: ModelConfig, level: int) -> bytes:
+    """[8-byte header length][torch.save of config, scales and small tensors][every code tensor's int8 bytes, in
+    order], zstd-compressed as one stream. One long run of codes compresses smaller than the same codes inside
+    torch.save's per-tensor records (27.4M params at int6/int5: 16.94 MB against 17.25-17.53 MB)."""
+    import zstandard
+    meta = {k: {f: x for f, x in v.items() if f != "q"} | ({"shape": list(v["q"].shape)} if "q" in v else {})
+            for k, v in qstate.items()}
+    buf = io.BytesIO()
+    torch.save(dict(format=2, model_config=dataclasses.asdict(model_cfg), tensors=meta), buf)
+    codes = b"".join(v["q"].contiguous().numpy().tobytes() for v in qstate.values() if "q" in v)
+    head = buf.getvalue()
+    return zstandard.ZstdCompressor(level=level).compress(len(head).to_bytes(8, "little") + head + codes)
+
+
+def deserialize_artifact(blob: bytes, source: str) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """Decompress and dequantize an artifact into (model config, float32 state dict)."""
+    import zstandard
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(blob)
+        n = int.from_bytes(raw[:8], "little")
+        payload = torch.load(io.BytesIO(raw[8:8 + n]), weights_only=True, map_location="cpu")
+        codes, offset = memoryview(raw), 8 + n
+        for v in payload["tensors"].values():
+            if "shape" in v:
+                size = math.prod(v["shape"])
+                v["q"] = torch.frombuffer(bytearray(codes[offset:offset + size]), dtype=torch.int8).view(v["shape"])
+                offset += size
+        if offset != len(raw):
+            raise ValueError(f"{len(raw) - offset} bytes left over after the last tensor")
+    except Exception as e:  # a truncated or foreign file: say which and why, not a pickle traceback
+        raise UserError(f"{source}: not a readable train_gpt.py artifact ({type(e).__name__}: {e})") from None
+    return ModelConfig(**payload["model_config"]), dequantize_state(payload["tensors"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# EVALUATION
+# One scoring core for every number: windows of up to seq_len tokens, each scoring its last <= stride targets.
+# stride = seq_len is the plain full-sequence eval; a smaller stride is the sliding-window eval; the score-first
+# loop scores a chunk with the eval cache built from earlier chunks only, then counts the chunk into the cache,
+# then (TTT) trains on it. Windows of a chunk are split across ranks; every rank counts every chunk, so with W
+# ranks the caches, and so the result, equal the one-rank run.
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Evaluator:
+    """What every scoring path shares (built once in main)."""
+    model: GPT
+    mixer: MixerConfig
+    byte_tables: ByteTables
+    tokens: Tensor  # validation stream on the device; targets are tokens[1:]
+    seq_len: int
+    batch_seqs: int
+    rank: int
+    world: int
+    log: object
+    record: list | None = None  # when a list, score_chunk appends (target positions, nll) for tests to inspect
+
+    def autocast(self):
+        return torch.autocast("cuda", torch.bfloat16) if self.tokens.is_cuda else torch.autocast("cpu", enabled=False)
+
+
+def score_windows(t0: int, t1: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(input start c, first target a, end b) per window: inputs tokens[c:b-1] predict targets [a, b), b-a <= stride,
+    so each target in [t0, t1) is scored exactly once with at least seq_len - stride tokens of context."""
+    return [(max(0, min(a + stride, t1) - 1 - seq_len), a, min(a + stride, t1)) for a in range(t0, t1, stride)]
+
+
+def batched_positions(ev: Evaluator, windows: list[tuple[int, int, int]]):
+    """Yield (target positions [n], hidden states [n, D]) for the scored targets of each batch of windows."""
+    i = 0
+    while i < len(windows):
+        length = windows[i][2] - 1 - windows[i][0]
+        j = i
+        while j < len(windows) and j - i < ev.batch_seqs and windows[j][2] - 1 - windows[j][0] == length:
+            j += 1
+        batch = windows[i:j]
+        x = torch.stack([ev.tokens[c:b - 1] for c, _, b in batch])
+        with ev.autocast():
+            h = ev.model.hidden(x)
+        rows = torch.cat([torch.full((b - a,), w) for w, (_, a, b) in enumerate(batch)]).to(x.device)
+        cols = torch.cat([torch.arange(a - c - 1, b - c - 1) for c, a, b in batch]).to(x.device)
+        idx = torch.cat([torch.arange(a, b) for _, a, b in batch]).to(x.device)
+        yield idx, h[rows, cols]
+        i = j
+
+
+def score_chunk(ev: Evaluator, cache: NgramCache | None, t0: int, t1: int, stride: int) -> Tensor:
+    """Score targets [t0, t1) on this rank's share of the windows; returns float64 [nll sum, bytes, count] summed
+    over ranks. Reads the cache, never writes it."""
+    windows = score_windows(t0, t1, ev.seq_len, stride)
+    lo, hi = len(windows) * ev.rank // ev.world, len(windows) * (ev.rank + 1) // ev.world
+    sums = torch.zeros(3, dtype=torch.float64, device=ev.tokens.device)
+    with torch.no_grad():
+        for idx, h in batched_positions(ev, windows[lo:hi]):
+            with ev.autocast():
+                logits = ev.model.logits(h)
+                gate = ev.model.mixer_gate(h) if ev.mixer.head == "multi" else None
+            nll, _ = mixed_nll(ev.mixer, logits, gate, cache, ev.tokens, idx, ev.tokens[idx])
+            if ev.record is not None:
+                ev.record.append((idx.cpu(), nll.cpu()))
+            sums += torch.stack([nll.double().sum(), ev.byte_tables.target_bytes(ev.tokens[idx - 1], ev.tokens[idx])
+                                 .double().sum(), torch.tensor(float(idx.numel()), device=sums.device)])
+    if ev.world > 1:
+        dist.all_reduce(sums)
+    return sums
+
+
+def add_chunk_to_cache(cache: NgramCache, tokens: Tensor, t0: int, t1: int) -> None:
+    """Count the (context, target) pairs of targets [t0, t1): called only after they were scored."""
+    idx = torch.arange(t0, t1, device=tokens.device)
+    cache.add(target_keys(cache, tokens, idx, tokens[idx]))
+
+
+def ttt_parameters(model: GPT, a) -> list[Tensor]:
+    """TTT_PARAMS=all: everything outside the first TTT_FREEZE_BLOCKS blocks; q: their query projections only."""
+    blocks = model.blocks[a.ttt_freeze_blocks:]
+    if a.ttt_params == "q":
+        return [b.attn.q.weight for b in blocks]
+    frozen = {id(p) for b in model.blocks[:a.ttt_freeze_blocks] for p in b.parameters()}
+    return [p for p in model.parameters() if id(p) not in frozen]
+
+
+def build_ttt_optimizer(params: list[Tensor], a) -> torch.optim.Optimizer:
+    if a.ttt_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=a.ttt_lr, momentum=a.ttt_momentum)
+    return torch.optim.AdamW(params, lr=a.ttt_lr, betas=(a.ttt_momentum, 0.999), weight_decay=0.0)
+
+
+def ttt_on_chunk(ev: Evaluator, opt: torch.optim.Optimizer, params: list[Tensor], t0: int, t1: int, a) -> None:
+    """Train on targets [t0, t1), all already scored. A global batch of TTT_BATCH_SEQS sequences is split across
+    ranks and the loss is normalized by the global token count, so gradients (summed over ranks) match one rank."""
+    starts = list(range(t0 - 1, t1 - 1, ev.seq_len))
+    for _ in range(a.ttt_epochs):
+        for g in range(0, len(starts), a.ttt_batch_seqs):
+            group = [(s, min(s + ev.seq_len, t1 - 1)) for s in starts[g:g + a.ttt_batch_seqs]]
+            total = sum(e - s for s, e in group)
+            opt.zero_grad(set_to_none=False)
+            for s, e in group[ev.rank::ev.world]:
+                with ev.autocast():
+                    logits, _ = ev.model(ev.tokens[s:e][None])
+                F.cross_entropy(logits[0].float(), ev.tokens[s + 1:e + 1], reduction="sum").div(total).backward()
+            sync_gradients(params, ev.world, average=False)
+            if a.ttt_grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, a.ttt_grad_clip)
+            opt.step()
+
+
+def sync_gradients(params: list[Tensor], world: int, average: bool = True) -> None:
+    """All-reduce gradients in one flat buffer (sum, or mean with average=True); missing grads count as zero."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if world == 1:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    if average:
+        flat /= world
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+@dataclasses.dataclass
+class EvalResult:
+    val_loss: float
+    val_bpb: float
+    seconds: float
+    chunks: list[list[float]]  # per chunk: [nll sum, bytes, targets]
+
+
+def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: NgramCache | None = None,
+             ttt=None, max_seconds: float = 0.0) -> EvalResult:
+    """Score every validation target once, chunk by chunk: score, then count the chunk into the cache, then TTT
+    (ttt(t0, t1) trains on the chunk just scored)."""
+    t_start, n_targets = time.perf_counter(), ev.tokens.numel() - 1
+    bounds = list(range(1, n_targets + 1, chunk_tokens))
+    totals, chunks, warned = torch.zeros(3, dtype=torch.float64), [], False
+    ev.model.eval()
+    for i, t0 in enumerate(bounds):
+        t1 = min(t0 + chunk_tokens, n_targets + 1)
+        sums = score_chunk(ev, cache, t0, t1, stride).cpu()
+        if cache is not None:
+            add_chunk_to_cache(cache, ev.tokens, t0, t1)
+        if ttt is not None and t1 <= n_targets:  # nothing left to adapt for after the last chunk
+            ev.model.train()
+            ttt(t0, t1)
+            ev.model.eval()
+        totals += sums
+        chunks.append(sums.tolist())
+        elapsed = time.perf_counter() - t_start
+        projected = elapsed * n_targets / totals[2].item()
+        if max_seconds and not warned and i >= 1 and projected > max_seconds:
+            ev.log(f"eval_warning label:{label} projected:{projected:.0f}s exceeds EVAL_MAX_SECONDS={max_seconds:g} "
+                   f"after {i + 1}/{len(bounds)} chunks")
+            warned = True
+        if i + 1 == len(bounds) or (i + 1) % max(1, len(bounds) // 10) == 0:
+            ev.log(f"eval_progress label:{label} chunk:{i + 1}/{len(bounds)} scored:{int(totals[2])} "
+                   f"running_bpb:{bits_per_byte(totals):.4f} elapsed:{elapsed:.1f}s eta:{projected - elapsed:.1f}s")
+    if int(totals[2]) != n_targets:
+        raise RuntimeError(f"{label}: scored {int(totals[2])} targets, expected {n_targets}")
+    ev.log(f"eval_scored label:{label} targets:{int(totals[2])} expected:{n_targets}")
+    return EvalResult(totals[0].item() / totals[2].item(), bits_per_byte(totals), time.perf_counter() - t_start, chunks)
+
+
+def bits_per_byte(sums: Tensor) -> float:
+    """(sum of nats / ln 2) / (sum of target bytes)."""
+    return sums[0].item() / math.log(2) / max(sums[1].item(), 1.0)
+
+
+def audit_mixture(ev: Evaluator, cache: NgramCache, positions: int, seed: int) -> str:
+    """Enumerate every vocabulary token as the target at sampled positions, through the scoring code itself:
+    the mixture must sum to 1 and no weight may change with the target (C1, C2)."""
+    n_targets, vocab = ev.tokens.numel() - 1, ev.model.c.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    idx = (torch.randperm(n_targets, generator=gen)[:positions] + 1).sort().values.to(ev.tokens.device)
+    windows = [(max(0, int(i) - ev.seq_len), int(i), int(i) + 1) for i in idx]
+    sums, independent = [], True
+    with torch.no_grad():
+        for pos, h in batched_positions(ev, windows):
+            with ev.autocast():
+                logits = ev.model.logits(h)
+                gate = ev.model.mixer_gate(h) if ev.mixer.head == "multi" else None
+            total, first_w = torch.zeros(pos.numel(), dtype=torch.float64, device=pos.device), None
+            for v in range(vocab):
+                nll, log_w = mixed_nll(ev.mixer, logits, gate, cache, ev.tokens, pos, torch.full_like(pos, v))
+                total += (-nll.double()).exp()
+                first_w = log_w if first_w is None else first_w
+                independent &= torch.equal(log_w, first_w)
+            sums.append(total)
+    s = torch.cat(sums)
+    return (f"ngram_audit positions:{s.numel()} max_abs_sum_err:{(s - 1).abs().max().item():.3e} "
+            f"mean_sum:{s.mean().item():.6f} target_independent:{'yes' if independent else 'no'}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MAIN
+# setup -> warm-up (before the clock) -> prefill + training loop -> export -> round-trip evaluation -> compliance.
+# ----------------------------------------------------------------------------------------------------------------
+
+LIMIT_TRAIN_SECONDS, LIMIT_EVAL_SECONDS, LIMIT_ARTIFACT_BYTES = 600.0, 600.0, 16_000_000
+
+
+class TrainingDiverged(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class Runtime:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    log: object
+    run_id: str
+
+
+def setup_runtime(a) -> Runtime:
+    """torchrun when RANK/WORLD_SIZE are set, else one process; CUDA + NCCL when available, else CPU + gloo."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if not 1 <= world <= 8:
+        raise UserError(f"WORLD_SIZE={world}: the challenge runs on 1..8 GPUs (torchrun --nproc_per_node=1..8)")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    run_id = a.run_id or time.strftime("%Y%m%d_%H%M%S")
+    if world > 1:  # every rank must agree on the run id chosen from the clock
+        box = [run_id]
+        dist.broadcast_object_list(box, src=0)
+        run_id = box[0]
+    log_path = Path("logs") / f"{run_id}.txt"
+    if rank == 0:  # one run per log file: a reused RUN_ID starts the file afresh
+        log_path.parent.mkdir(exist_ok=True)
+        log_path.write_text("")
+
+    def log(msg: str, console: bool = True) -> None:
+        if rank == 0:
+            if console:
+                print(msg, flush=True)
+            with open(log_path, "a") as f:
+                print(msg, file=f)
+    return Runtime(rank, world, local_rank, device, log, run_id)
+
+
+def log_run_header(rt: Runtime, a) -> None:
+    """Source hash, versions, hardware and the resolved configuration: the first lines of every log."""
+    code = Path(__file__).read_bytes()
+    rt.log(f"source train_gpt.py sha256:{hashlib.sha256(code).hexdigest()} bytes:{len(code)}")
+    rt.log(f"versions python:{platform.python_version()} torch:{torch.__version__} cuda:{torch.version.cuda or 'none'}")
+    gpu = torch.cuda.get_device_name(rt.device).replace(" ", "_") if rt.device.type == "cuda" else "none"
+    rt.log(f"hardware world_size:{rt.world} device:{rt.device.type} gpu:{gpu}")
+    if rt.device.type == "cuda":
+        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False).stdout
+        rt.log(smi, console=False)
+    rt.log("config " + json.dumps({k.env: getattr(a, k.env.lower()) for k in KNOB_BY_ENV.values()} | {"RUN_ID": rt.run_id},
+                                  sort_keys=True))
+    rt.log("config_defaults " + json.dumps({k.env: k.default for k in KNOB_BY_ENV.values()}, sort_keys=True))
+
+
+def grad_accum_steps(a, world: int) -> int:
+    accum = a.grad_accum_steps or max(1, 8 // world)
+    if a.train_batch_tokens % (world * accum * a.train_seq_len):
+        raise UserError(f"config error: TRAIN_BATCH_TOKENS={a.train_batch_tokens} must be divisible by world size "
+                        f"{world} x GRAD_ACCUM_STEPS {accum} x TRAIN_SEQ_LEN {a.train_seq_len} "
+                        f"(= {world * accum * a.train_seq_len}); set GRAD_ACCUM_STEPS or TRAIN_BATCH_TOKENS")
+    return accum
+
+
+def needs_oracle(a) -> bool:
+    return a.mixer_head == "multi" and a.mixer_loss_weight > 0 or a.complement_alpha > 0
+
+
+def new_cache(a, device) -> NgramCache:
+    return NgramCache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device)
+
+
+def set_qat(model: GPT, a, enabled: bool) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, CastedLinear) and quant_bits_for(name + ".weight", m.weight, a):
+            m.qat_bits = quant_bits_for(name + ".weight", m.weight, a) if enabled else 0
+
+
+def train_step(model: GPT, optimizers, stream: TokenStream, oracle, mixer: MixerConfig, a, rt: Runtime,
+               accum: int, lr_mul: float, step: int, oracle_tokens: int = 0) -> Tensor:
+    """One optimizer step over TRAIN_BATCH_TOKENS tokens; returns this rank's loss (a tensor: no host sync).
+    oracle_tokens: how many tokens from the stream's start the oracle counted (for leave-one-out)."""
+    muon_momentum = a.muon_momentum_warmup_start + (a.muon_momentum - a.muon_momentum_warmup_start) * min(
+        1.0, step / max(a.muon_momentum_warmup_steps, 1))
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * lr_mul
+            if isinstance(opt, Muon):
+                g["momentum"] = muon_momentum
+    total = torch.zeros((), device=rt.device)
+    for _ in range(accum):
+        x, y, where = next_micro_batch(stream, a.train_batch_tokens // accum, a.train_seq_len, rt.rank, rt.world,
+                                       rt.device)
+        counted = counted_pairs(oracle, where, oracle_tokens) if oracle is not None and a.ngram_oracle_loo else None
+        with torch.autocast("cuda", torch.bfloat16, enabled=rt.device.type == "cuda"):
+            loss = training_loss(model, x, y, oracle, mixer, a, counted) / accum
+        loss.backward()
+        total += loss.detach()
+    params = list(model.parameters())
+    sync_gradients(params, rt.world)
+    if a.grad_clip_norm:
+        torch.nn.utils.clip_grad_norm_(params, a.grad_clip_norm)
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return total
+
+
+def mean_over_ranks(x: Tensor, rt: Runtime) -> float:
+    x = x.detach().clone()
+    if rt.world > 1:
+        dist.all_reduce(x)
+    return x.item() / rt.world
+
+
+def shared_elapsed_ms(since: float, rt: Runtime) -> float:
+    """Milliseconds since `since`, the maximum over ranks: every rank takes the same stop/LR/QAT/SWA decisions
+    from it (a rank deciding from its own clock could stop while others step, and the collectives would hang)."""
+    t = torch.tensor([(time.perf_counter() - since) * 1000], dtype=torch.float64, device=rt.device)
+    if rt.world > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def warm_up_and_time_export(model: GPT, optimizers, a, rt: Runtime, accum: int, mixer: MixerConfig) -> float:
+    """Compile on dummy tokens for WARMUP_STEPS, restore the initial state, and time one export so the training
+    loop can stop early enough for export to fit inside MAX_WALLCLOCK_SECONDS. Runs before the clock; also
+    projects the artifact size, so a configuration that cannot fit is flagged before the run, not after it."""
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt_states = [copy.deepcopy(o.state_dict()) for o in optimizers]
+    gen = torch.Generator().manual_seed(a.seed)
+
+    class Dummy:  # the TokenStream interface over random tokens
+        offset, total = 0, 1 << 62
+
+        def take(self, n):
+            return torch.randint(0, a.vocab_size, (n,), generator=gen).numpy()
+    for step in range(a.warmup_steps):  # the last step runs with late QAT on, so its graph is compiled here too
+        set_qat(model, a, step == a.warmup_steps - 1 and a.late_qat_lrmul > 0)
+        train_step(model, optimizers, Dummy(), None, mixer, a, rt, accum, 1.0, step)
+    set_qat(model, a, False)
+    model.load_state_dict(initial)
+    for o, s in zip(optimizers, opt_states):
+        o.load_state_dict(s)
+    # time on weights spread like trained ones: zero-initialized projections compress ~3x faster than real weights
+    spread = {k: torch.randn_like(v) * 0.02 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    t0 = time.perf_counter()
+    blob = serialize_artifact(quantize_state(spread, a), model.c, a.zstd_level)
+    export_s = time.perf_counter() - t0
+    projected = len(blob) + len(Path(__file__).read_bytes())
+    rt.log(f"artifact_projection:{projected} bytes (gaussian weights of this shape; limit {LIMIT_ARTIFACT_BYTES})")
+    if projected > LIMIT_ARTIFACT_BYTES:
+        rt.log(f"warning: the projected artifact exceeds {LIMIT_ARTIFACT_BYTES} bytes; lower QUANT_BITS/QUANT_MLP_BITS "
+               f"or shrink the model (NUM_KV_HEADS, MLP_MULT, NUM_LAYERS): bench/artifact_size.py projects any setting")
+    return export_s
+
+
+def train(model: GPT, a, rt: Runtime, ev: Evaluator, mixer: MixerConfig,
+          accum: int) -> tuple[dict[str, Tensor], NgramCache | None, float]:
+    """Warm-up, then under the clock: oracle prefill and the training loop. Returns (final weights, oracle,
+    clock start) so export can be timed on the same clock."""
+    optimizers = build_optimizers(model, a)
+    export_s = warm_up_and_time_export(model, optimizers, a, rt, accum, mixer)
+    reserve_ms = (1.5 * export_s + 2.0) * 1000 if a.max_wallclock_seconds else 0.0
+    rt.log(f"warmup steps:{a.warmup_steps} export_estimate:{export_s:.1f}s reserve:{reserve_ms / 1000:.1f}s "
+           f"grad_accum_steps:{accum}")
+    train_files = list_shards(a.data_path, "train")
+    clock_start = time.perf_counter()
+    oracle, oracle_tokens = None, 0
+    if needs_oracle(a):
+        oracle = new_cache(a, rt.device)
+        rt.log(f"ngram_tables orders:2..{a.ngram_max_order} buckets:{a.ngram_buckets} scoring:{a.ngram_scoring} "
+               f"bytes:{oracle.nbytes()} ({oracle.nbytes() / 2**20:.0f} MiB per cache)")
+        oracle_tokens = prefill_ngram_cache(oracle, train_files, a.ngram_prefill_tokens, a.vocab_size, rt.rank,
+                                            rt.world, rt.device, rt.log, PREFILL_MAX_SHARE * a.max_wallclock_seconds)
+        rt.log(f"ngram_oracle tokens:{oracle_tokens} leave_one_out:{int(a.ngram_oracle_loo)} "
+               f"time:{time.perf_counter() - clock_start:.1f}s")
+    stream = TokenStream(train_files, a.vocab_size)
+    averager = WeightAverager(model, a.ema_decay)
+    cap_ms = a.max_wallclock_seconds * 1000 - reserve_ms if a.max_wallclock_seconds else math.inf
+    train_ms, step, qat_on, paused = 0.0, 0, False, 0.0
+    loop_start_ms = None
+    while True:
+        train_ms = shared_elapsed_ms(clock_start + paused, rt)
+        loop_start_ms = train_ms if loop_start_ms is None else loop_start_ms
+        last = step == a.iterations or train_ms >= cap_ms
+        if last and step < a.iterations:
+            rt.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{a.iterations}")
+        if last or a.val_loss_every and step and step % a.val_loss_every == 0:
+            t_val = time.perf_counter()  # the clock pauses for monitoring evals, as in the challenge's baseline
+            res = evaluate(ev, "val", a.train_seq_len, 1 << 62)
+            rt.log(f"step:{step}/{a.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
+                   f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+            paused += time.perf_counter() - t_val
+            model.train()
+        if last:
+            break
+        lr_mul = lr_multiplier(a, step, train_ms - loop_start_ms, cap_ms - loop_start_ms)
+        if a.late_qat_lrmul and not qat_on and lr_mul < a.late_qat_lrmul:
+            set_qat(model, a, True)
+            qat_on = True
+            rt.log(f"late_qat enabled step:{step} lr_mul:{lr_mul:.3f}")
+        loss = train_step(model, optimizers, stream, oracle, mixer, a, rt, accum, lr_mul, step, oracle_tokens)
+        averager.update(model)
+        step += 1
+        if a.swa_every and lr_mul < a.swa_start_lrmul and step % a.swa_every == 0:
+            averager.snapshot(model)
+        if step % a.train_log_every == 0 or step == 1:  # the only per-step host sync besides the shared clock
+            value = mean_over_ranks(loss, rt)
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"train_loss is {value} at step {step}; lower MATRIX_LR/SCALAR_LR or check "
+                                       "the data")
+            train_ms = (time.perf_counter() - clock_start - paused) * 1000
+            rt.log(f"step:{step}/{a.iterations} train_loss:{value:.4f} train_time:{train_ms:.0f}ms "
+                   f"step_avg:{train_ms / step:.2f}ms")
+    set_qat(model, a, False)
+    weights, kind = averager.final(model)
+    rt.log(f"final_weights:{kind} steps:{step}")
+    if rt.device.type == "cuda":
+        rt.log(f"peak_memory allocated:{torch.cuda.max_memory_allocated() // 2**20}MiB")
+    return weights, oracle, clock_start + paused
+
+
+def export(weights: dict[str, Tensor], model_cfg: ModelConfig, a, rt: Runtime) -> tuple[Path, int]:
+    """Quantize, compress and write logs/<RUN_ID>.ptz (rank 0); returns (path, artifact bytes incl. code)."""
+    blob = serialize_artifact(quantize_state(weights, a), model_cfg, a.zstd_level)
+    path = Path("logs") / f"{rt.run_id}.ptz"
+    if rt.rank == 0:
+        path.write_bytes(blob)
+    if rt.world > 1:
+        dist.barrier()
+    return path, log_sizes(rt, a, len(blob))
+
+
+def log_sizes(rt: Runtime, a, model_bytes: int) -> int:
+    """Log model, code and total bytes in the challenge's lines; returns the total (the artifact size)."""
+    code_bytes = len(Path(__file__).read_bytes())
+    label = f"int{a.quant_bits}+zstd"
+    rt.log(f"Serialized model {label}: {model_bytes} bytes")
+    rt.log(f"Code size: {code_bytes} bytes")
+    rt.log(f"Total submission size {label}: {model_bytes + code_bytes} bytes")
+    return model_bytes + code_bytes
+
+
+def evaluate_artifact(path: Path, a, rt: Runtime, byte_tables: ByteTables, val: Tensor,
+                      oracle: NgramCache | None) -> dict:
+    """Load the artifact into a fresh model and produce every reported number; returns the compliance inputs."""
+    t_start = time.perf_counter()  # eval time: load, compile, every evaluation below
+    model_cfg, state = deserialize_artifact(path.read_bytes(), str(path))
+    model = build_model(model_cfg, rt.device)
+    model.load_state_dict(state)
+    mixer = MixerConfig.from_args(a)
+    if mixer.head == "multi" and model_cfg.gate_outputs != a.ngram_max_order:
+        raise UserError(f"{path}: its gate has {model_cfg.gate_outputs} outputs but NGRAM_MAX_ORDER={a.ngram_max_order} "
+                        f"needs {a.ngram_max_order}; evaluate with the NGRAM_MAX_ORDER it was trained with")
+    seq_len = a.eval_seq_len or a.train_seq_len
+    if seq_len > model_cfg.max_seq_len:
+        raise UserError(f"EVAL_SEQ_LEN={seq_len} exceeds the {model_cfg.max_seq_len} positions {path} was built for; "
+                        f"retrain with EVAL_SEQ_LEN set, or evaluate with EVAL_SEQ_LEN<={model_cfg.max_seq_len}")
+    ev = Evaluator(model, mixer, byte_tables, val.to(rt.device), seq_len, a.eval_batch_seqs, rt.rank, rt.world, rt.log)
+    tag = f"int{a.quant_bits}"
+    res = evaluate(ev, "roundtrip", seq_len, 1 << 62)
+    log_metric(rt, f"final_{tag}_roundtrip", res)
+    res = evaluate(ev, "sliding", a.eval_stride, 1 << 62)
+    log_metric(rt, f"final_{tag}_sliding_window", res, f" stride:{a.eval_stride}")
+    cache = None
+    if mixer.head != "none":
+        cache = build_eval_cache(a, rt, oracle)
+    ttt = None
+    if a.ttt_epochs:
+        params = ttt_parameters(model, a)
+        keep = {id(p) for p in params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+        opt = build_ttt_optimizer(params, a)
+        ttt = lambda t0, t1: ttt_on_chunk(ev, opt, params, t0, t1, a)
+    res = evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, ttt, a.eval_max_seconds)
+    eval_s = time.perf_counter() - t_start
+    log_metric(rt, "legal_ttt", res)
+    if rt.rank == 0:
+        Path("logs", f"{rt.run_id}.chunks.json").write_text(json.dumps(res.chunks))
+    if cache is not None and a.ngram_audit_positions:
+        rt.log(audit_mixture(ev, cache, a.ngram_audit_positions, a.seed))
+    return dict(eval_seconds=eval_s)
+
+
+def build_eval_cache(a, rt: Runtime, oracle: NgramCache | None) -> NgramCache:
+    """Empty (validation history only) or, with NGRAM_EVAL_PREFILL=train, counted from training data."""
+    if a.ngram_eval_prefill == "train" and oracle is not None:
+        cache = oracle.clone()
+    else:
+        cache = new_cache(a, rt.device)
+        if a.ngram_eval_prefill == "train":
+            prefill_ngram_cache(cache, list_shards(a.data_path, "train"), a.ngram_prefill_tokens, a.vocab_size,
+                                rt.rank, rt.world, rt.device, rt.log)
+    rt.log(f"ngram_eval_cache prefill:{a.ngram_eval_prefill} orders:2..{a.ngram_max_order} buckets:{a.ngram_buckets} "
+           f"scoring:{a.ngram_scoring} bytes:{cache.nbytes()}")
+    return cache
+
+
+def log_metric(rt: Runtime, name: str, res: EvalResult, suffix: str = "") -> None:
+    rt.log(f"{name} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f}{suffix} eval_time:{res.seconds * 1000:.0f}ms")
+    rt.log(f"{name}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}{suffix}")
+
+
+def compliance_report(a, train_seconds: float | None, eval_seconds: float, artifact_bytes: int) -> dict:
+    """The checks reviewers apply, each PASS/FAIL with the measured value (SKIP: not measured in this run)."""
+    def verdict(ok):
+        return "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+    report = dict(train_seconds=train_seconds, eval_seconds=eval_seconds, artifact_bytes=artifact_bytes,
+                  scoring=a.ngram_scoring, train_data_at_eval="yes" if a.ngram_eval_prefill == "train" else "no",
+                  score_first="yes")
+    report["verdicts"] = dict(
+        train_time=verdict(None if train_seconds is None else train_seconds <= LIMIT_TRAIN_SECONDS),
+        eval_time=verdict(eval_seconds <= LIMIT_EVAL_SECONDS),
+        artifact_size=verdict(artifact_bytes <= LIMIT_ARTIFACT_BYTES),
+        scoring=verdict(a.ngram_scoring == "normalized" or a.mixer_head == "none"),
+        train_data_at_eval=verdict(report["train_data_at_eval"] == "no"),
+        score_first=verdict(True))
+    return report
+
+
+def log_compliance(rt: Runtime, report: dict) -> None:
+    v, r = report["verdicts"], report
+    fmt = lambda x, unit: "n/a" if x is None else f"{x:.1f}{unit}"
+    rt.log(f"compliance train_time:{fmt(r['train_seconds'], 's')} limit:{LIMIT_TRAIN_SECONDS:.0f}s {v['train_time']}")
+    rt.log(f"compliance eval_time:{fmt(r['eval_seconds'], 's')} limit:{LIMIT_EVAL_SECONDS:.0f}s {v['eval_time']}")
+    rt.log(f"compliance artifact_bytes:{r['artifact_bytes']} limit:{LIMIT_ARTIFACT_BYTES} {v['artifact_size']}")
+    note = "" if r["scoring"] == "normalized" else " (hashed_target: not a normalized probability, invalid for a record)"
+    rt.log(f"compliance scoring:{r['scoring']}{note} {v['scoring']}")
+    rt.log(f"compliance train_data_at_eval:{r['train_data_at_eval']} {v['train_data_at_eval']}")
+    rt.log(f"compliance score_first:{r['score_first']} {v['score_first']}")
+    rt.log("compliance_json " + json.dumps(report, sort_keys=True))
+    if rt.rank == 0:
+        Path("logs", f"{rt.run_id}.compliance.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+
+
+def build_model(cfg: ModelConfig, device) -> GPT:
+    model = GPT(cfg).to(device)
+    if device.type == "cuda":  # compile the transformer body; the n-gram work around it stays eager. Shapes that
+        model.hidden = torch.compile(model.hidden)  # vary (short first eval windows, last TTT slices) go dynamic
+    return model
+
+
+def main() -> None:
+    a = load_hyperparameters()
+    rt = setup_runtime(a)
+    accum = grad_accum_steps(a, rt.world)  # a world-size-dependent config error, still before any data work
+    log_run_header(rt, a)
+    if a.ngram_scoring == "hashed_target" and a.mixer_head != "none":
+        rt.log("WARNING NGRAM_SCORING=hashed_target: the seeds' target-only lookup is not a normalized probability; "
+               "its val_bpb is not valid for a record")
+    torch.manual_seed(a.seed)  # same init on every rank
+    byte_tables = ByteTables.from_tokenizer(load_tokenizer(a.tokenizer_path, a.vocab_size), a.vocab_size)
+    val = load_validation_tokens(a.data_path, a.vocab_size, a.eval_max_tokens)
+    rt.log(f"val_tokens:{val.numel()} targets:{val.numel() - 1}")
+    train_seconds, oracle = None, None
+    if a.load_artifact:
+        path = Path(a.load_artifact)
+        if not path.is_file():
+            raise UserError(f"LOAD_ARTIFACT={a.load_artifact!r} does not exist")
+        artifact_bytes = log_sizes(rt, a, path.stat().st_size)
+    else:
+        model_cfg = ModelConfig.from_args(a)
+        model = build_model(model_cfg, rt.device)
+        rt.log(f"model params:{sum(p.numel() for p in model.parameters())} layers:{a.num_layers} dim:{a.model_dim}")
+        mixer = MixerConfig.from_args(a)
+        ev = Evaluator(model, mixer, byte_tables, val.to(rt.device), a.train_seq_len, a.eval_batch_seqs, rt.rank,
+                       rt.world, rt.log)
+        weights, oracle, clock_start = train(model, a, rt, ev, mixer, accum)
+        t_export = time.perf_counter()
+        path, artifact_bytes = export(weights, model_cfg, a, rt)
+        rt.log(f"export_time:{time.perf_counter() - t_export:.1f}s")
+        train_seconds = time.perf_counter() - clock_start
+        rt.log(f"train_seconds:{train_seconds:.1f} (prefill + training + export, monitoring evals excluded)")
+    result = evaluate_artifact(path, a, rt, byte_tables, val, oracle)
+    log_compliance(rt, compliance_report(a, train_seconds, result["eval_seconds"], artifact_bytes))
+
+
+def run_cli() -> int:
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(__doc__ + "\nEnvironment variables:\n\n" + help_table())
+        return 0
+    try:
+        main()
+        return 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli())
