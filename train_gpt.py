@@ -1375,19 +1375,27 @@ class EvalResult:
     val_bpb: float
     seconds: float
     chunks: list[list[float]]  # per chunk: [nll sum, bytes, targets]
+    audit: str = ""  # the ngram_audit line, when positions were audited
 
 
 def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: NgramCache | None = None,
-             ttt=None, max_seconds: float = 0.0) -> EvalResult:
+             ttt=None, max_seconds: float = 0.0, audit: list[int] = ()) -> EvalResult:
     """Score every validation target once, chunk by chunk: score, then count the chunk into the cache, then TTT
-    (ttt(t0, t1) trains on the chunk just scored)."""
+    (ttt(t0, t1) trains on the chunk just scored). Targets in audit are also audited (audit_windows) in between
+    scoring and counting, so the audit sees the very cache and weights that scored them."""
     t_start, n_targets = time.perf_counter(), ev.tokens.numel() - 1
     bounds = list(range(1, n_targets + 1, chunk_tokens))
     totals, chunks, warned = torch.zeros(3, dtype=torch.float64), [], False
+    audit_sums, independent = [], True
     ev.model.eval()
     for i, t0 in enumerate(bounds):
         t1 = min(t0 + chunk_tokens, n_targets + 1)
         sums = score_chunk(ev, cache, t0, t1, stride).cpu()
+        if cache is not None and any(t0 <= j < t1 for j in audit):
+            windows = [(c, j, j + 1) for j in audit if t0 <= j < t1  # the window that scored j, cut after j
+                       for c, a, b in score_windows(t0, t1, ev.seq_len, stride) if a <= j < b]
+            chunk_sums, chunk_independent = audit_windows(ev, cache, windows)
+            audit_sums, independent = audit_sums + chunk_sums, independent and chunk_independent
         if cache is not None:
             add_chunk_to_cache(cache, ev.tokens, t0, t1)
         if ttt is not None and t1 <= n_targets:  # nothing left to adapt for after the last chunk
@@ -1408,7 +1416,13 @@ def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: N
     if int(totals[2]) != n_targets:
         raise RuntimeError(f"{label}: scored {int(totals[2])} targets, expected {n_targets}")
     ev.log(f"eval_scored label:{label} targets:{int(totals[2])} expected:{n_targets}")
-    return EvalResult(totals[0].item() / totals[2].item(), bits_per_byte(totals), time.perf_counter() - t_start, chunks)
+    line = ""
+    if audit_sums:
+        err = torch.tensor(audit_sums, dtype=torch.float64)
+        line = (f"ngram_audit positions:{err.numel()} max_abs_sum_err:{(err - 1).abs().max().item():.3e} "
+                f"mean_sum:{err.mean().item():.6f} target_independent:{'yes' if independent else 'no'}")
+    return EvalResult(totals[0].item() / totals[2].item(), bits_per_byte(totals), time.perf_counter() - t_start,
+                      chunks, line)
 
 
 def bits_per_byte(sums: Tensor) -> float:
@@ -1416,29 +1430,24 @@ def bits_per_byte(sums: Tensor) -> float:
     return sums[0].item() / math.log(2) / max(sums[1].item(), 1.0)
 
 
-def audit_mixture(ev: Evaluator, cache: NgramCache, positions: int, seed: int) -> str:
-    """Enumerate every vocabulary token as the target at sampled positions, through the scoring code itself:
-    the mixture must sum to 1 and no weight may change with the target (C1, C2)."""
-    n_targets, vocab = ev.tokens.numel() - 1, ev.model.c.vocab_size
-    gen = torch.Generator().manual_seed(seed)
-    idx = (torch.randperm(n_targets, generator=gen)[:positions] + 1).sort().values.to(ev.tokens.device)
-    windows = [(max(0, int(i) - ev.seq_len), int(i), int(i) + 1) for i in idx]
+def audit_windows(ev: Evaluator, cache: NgramCache, windows: list[tuple[int, int, int]]) -> tuple[list[float], bool]:
+    """Enumerate every vocabulary token as the target of each one-target window, through the scoring code itself
+    (one mixed_nll call per position, all tokens at once): (sum over the vocabulary of p_mix per position, whether
+    every weight, mask and backoff choice stayed the same for every token) (C1, C2)."""
+    every = torch.arange(ev.model.c.vocab_size, device=ev.tokens.device)
     sums, independent = [], True
     with torch.no_grad():
         for pos, h in batched_positions(ev, windows):
             with ev.autocast():
                 logits = ev.model.logits(h)
                 gate = ev.model.mixer_gate(h) if ev.mixer.head == "multi" else None
-            total, first_w = torch.zeros(pos.numel(), dtype=torch.float64, device=pos.device), None
-            for v in range(vocab):
-                nll, log_w = mixed_nll(ev.mixer, logits, gate, cache, ev.tokens, pos, torch.full_like(pos, v))
-                total += (-nll.double()).exp()
-                first_w = log_w if first_w is None else first_w
-                independent &= torch.equal(log_w, first_w)
-            sums.append(total)
-    s = torch.cat(sums)
-    return (f"ngram_audit positions:{s.numel()} max_abs_sum_err:{(s - 1).abs().max().item():.3e} "
-            f"mean_sum:{s.mean().item():.6f} target_independent:{'yes' if independent else 'no'}")
+            for j in range(pos.numel()):
+                rows = lambda t: t[j:j + 1].expand(every.numel(), *t.shape[1:])
+                nll, log_w = mixed_nll(ev.mixer, rows(logits), None if gate is None else rows(gate), cache,
+                                       ev.tokens, rows(pos), every)
+                sums.append((-nll.double()).exp().sum().item())
+                independent = independent and bool((log_w == log_w[:, :1]).all())
+    return sums, independent
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1732,13 +1741,16 @@ def evaluate_artifact(path: Path, a, rt: Runtime, byte_tables: ByteTables, val: 
             p.requires_grad_(id(p) in keep)
         opt = build_ttt_optimizer(params, a)
         ttt = lambda t0, t1: ttt_on_chunk(ev, opt, params, t0, t1, a)
-    res = evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, ttt, a.eval_max_seconds)
+    n_targets = val.numel() - 1  # audited targets: a fixed random sample, spread over the whole pass
+    audit = (torch.randperm(n_targets, generator=torch.Generator().manual_seed(a.seed))[:a.ngram_audit_positions]
+             + 1).sort().values.tolist() if cache is not None else []
+    res = evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, ttt, a.eval_max_seconds, audit)
     eval_s = time.perf_counter() - t_start
     log_metric(rt, "legal_ttt", res)
     if rt.rank == 0:
         Path("logs", f"{rt.run_id}.chunks.json").write_text(json.dumps(res.chunks))
-    if cache is not None and a.ngram_audit_positions:
-        rt.log(audit_mixture(ev, cache, a.ngram_audit_positions, a.seed))
+    if res.audit:
+        rt.log(res.audit)
     return dict(eval_seconds=eval_s)
 
 

@@ -128,13 +128,36 @@ def test_compliance_verdicts_flip_at_each_limit():
     assert tg.compliance_report(ok, None, 1.0, 1)["verdicts"]["train_time"] == "SKIP"
 
 
-def test_audit_passes_for_normalized_and_exposes_hashed_target():
+@pytest.mark.parametrize("head", ["entropy", "multi"])
+def test_audit_passes_for_normalized_and_exposes_hashed_target(head):
     for scoring, expect_ok in [("normalized", True), ("hashed_target", False)]:
         ev, a = make_evaluator({"NGRAM_SCORING": scoring, "NGRAM_BUCKETS": "256", "NGRAM_MIN_COUNT": "1",
-                                "TTT_EPOCHS": "0", "MIXER_HEAD": "entropy"}, n_tokens=1500)
-        cache = tg.new_cache(a, "cpu")
-        tg.add_chunk_to_cache(cache, ev.tokens, 1, 1000)
-        line = tg.audit_mixture(ev, cache, 8, seed=0)
-        fields = dict(tok.split(":", 1) for tok in line.split()[1:])
-        assert fields["target_independent"] == "yes"
-        assert (float(fields["max_abs_sum_err"]) <= 1e-5) == expect_ok, line
+                                "TTT_EPOCHS": "0", "MIXER_HEAD": head}, n_tokens=1500)
+        res = tg.evaluate(ev, "t", 32, 500, tg.new_cache(a, "cpu"), audit=[3, 40, 700, 701, 1200, 1490])
+        fields = dict(tok.split(":", 1) for tok in res.audit.split()[1:])
+        assert fields["positions"] == "6" and fields["target_independent"] == "yes"
+        assert (float(fields["max_abs_sum_err"]) <= 1e-5) == expect_ok, res.audit
+
+
+def test_audit_enumerates_the_distribution_that_scored_each_target(monkeypatch):
+    """With TTT changing the weights and the cache growing between chunks, the audited distribution at a position,
+    read at the real target, is the probability that position was scored with."""
+    ev, a = make_evaluator({"TTT_EPOCHS": "1", "TTT_LR": "0.01", "EVAL_CHUNK_TOKENS": "400", "EVAL_STRIDE": "24"})
+    audited, real = {}, tg.mixed_nll
+
+    def spy(m, logits, gate, cache, tokens, idx, targets):
+        nll, log_w = real(m, logits, gate, cache, tokens, idx, targets)
+        if targets.numel() == a.vocab_size and torch.equal(targets, torch.arange(a.vocab_size)):
+            j = int(idx[0])
+            audited[j] = nll[tokens[j]].item()
+        return nll, log_w
+    monkeypatch.setattr(tg, "mixed_nll", spy)
+    cache, params = tg.new_cache(a, "cpu"), tg.ttt_parameters(ev.model, a)
+    opt = tg.build_ttt_optimizer(params, a)
+    ev.record, positions = [], [5, 399, 401, 850, 1203, 2990]
+    res = tg.evaluate(ev, "t", a.eval_stride, a.eval_chunk_tokens, cache,
+                      lambda t0, t1: tg.ttt_on_chunk(ev, opt, params, t0, t1, a), audit=positions)
+    scored = {int(i): float(n) for idx, nll in ev.record for i, n in zip(idx, nll)}
+    assert sorted(audited) == positions and "target_independent:yes" in res.audit
+    for j in positions:
+        assert audited[j] == pytest.approx(scored[j], rel=1e-5, abs=1e-6), j
