@@ -893,7 +893,7 @@ class NgramCache:
 
     def keys(self, hist: Tensor, nxt: Tensor) -> Tensor:
         """Pair keys [n_orders, *hist.shape] for (context ending at t, token nxt[t]); -1 without enough history."""
-        return self.keys_from(lambda j: F.pad(hist[..., :hist.size(-1) - j], (j, 0), value=-1) if j else hist, nxt)
+        return self.keys_from(lambda j: F.pad(hist, (j, 0), value=-1)[..., :hist.size(-1)] if j else hist, nxt)
 
     def keys_from(self, back, nxt: Tensor) -> Tensor:
         """The one key recipe: back(j) gives the token j steps before the predicted one (-1 where none), so order
@@ -994,9 +994,10 @@ def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, v
         counts, error = keys, ""
         if r + rank < len(blocks):
             f, s, e = blocks[r + rank]
-            lead = np.asarray(shards[f][max(0, s - span):s])  # context only
-            if s < span and previous[f] is not None:
-                lead = np.concatenate([np.asarray(shards[previous[f]][s - span:]), lead])
+            lead, g = np.asarray(shards[f][max(0, s - span):s]), previous[f]  # context only
+            while lead.size < span and g is not None:  # walk back over shards shorter than the span
+                lead = np.concatenate([np.asarray(shards[g][max(0, shards[g].size - (span - lead.size)):]), lead])
+                g = previous[g]
             part = np.concatenate([lead, np.asarray(shards[f][s:e])])
             try:
                 check_token_ids(part, vocab_size, f)
@@ -1216,7 +1217,9 @@ def serialize_artifact(qstate: dict[str, dict], model_cfg: ModelConfig, level: i
     torch.save(dict(format=2, model_config=dataclasses.asdict(model_cfg), tensors=meta), buf)
     codes = b"".join(v["q"].contiguous().numpy().tobytes() for v in qstate.values() if "q" in v)
     head = buf.getvalue()
-    return zstandard.ZstdCompressor(level=level).compress(len(head).to_bytes(8, "little") + head + codes)
+    # the checksum makes a corrupted file fail to load instead of evaluating weights nobody trained
+    return zstandard.ZstdCompressor(level=level, write_checksum=True).compress(len(head).to_bytes(8, "little") + head
+                                                                              + codes)
 
 
 def deserialize_artifact(blob: bytes, source: str) -> tuple[ModelConfig, dict[str, Tensor]]:
@@ -1226,6 +1229,8 @@ def deserialize_artifact(blob: bytes, source: str) -> tuple[ModelConfig, dict[st
         raw = zstandard.ZstdDecompressor().decompress(blob)
         n = int.from_bytes(raw[:8], "little")
         payload = torch.load(io.BytesIO(raw[8:8 + n]), weights_only=True, map_location="cpu")
+        if payload.get("format") != 2:
+            raise ValueError(f"artifact format {payload.get('format')!r}, this script reads format 2")
         codes, offset = memoryview(raw), 8 + n
         for v in payload["tensors"].values():
             if "shape" in v:

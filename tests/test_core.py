@@ -204,6 +204,11 @@ def test_export_round_trip_is_exact():
         assert torch.equal(restored[k], expected[k]), k
     with pytest.raises(tg.UserError, match="not a readable train_gpt.py artifact"):
         tg.deserialize_artifact(blob[:100], "cut.ptz")
+    for at in range(len(blob) // 2, len(blob), max(1, len(blob) // 40)):  # one flipped bit anywhere is refused
+        bad = bytearray(blob)
+        bad[at] ^= 4
+        with pytest.raises(tg.UserError, match="not a readable train_gpt.py artifact"):
+            tg.deserialize_artifact(bytes(bad), "flipped.ptz")
 
 
 def test_nan_loss_stops_with_a_clear_message(sample_data):

@@ -156,6 +156,8 @@ def write_shards(tmp_path, sizes, seed=5):
     ((2500, 1700), 1800),  # cut inside the first shard: the second is never read
     ((2001, 1700), 0),  # n % block_tokens == 1: the shard's last token is a block of its own
     ((2500, 1700), 3501),  # the same at the NGRAM_PREFILL_TOKENS cut
+    ((2500, 3, 1700), 0),  # a shard shorter than the context: the next shard's contexts reach two shards back
+    ((3, 1700), 0),  # a first shard shorter than the context
 ])
 def test_prefill_equals_per_shard_reference(tmp_path, sizes, max_tokens):
     files, data = write_shards(tmp_path, sizes)
