@@ -52,7 +52,7 @@ def main():
     for max_order in (7, 16):
         for scoring in ("hashed_target", "normalized"):
             prefill, lookup = run(scoring, max_order, buckets, device)
-            print(f"| 2..{max_order} | {scoring} | {prefill / 1e6:,.1f}M | {lookup / 1e6:,.2f}M |")
+            print(f"| 2..{max_order} | {scoring} | {prefill / 1e6:,.3g}M | {lookup / 1e6:,.3g}M |")
 
 
 if __name__ == "__main__":
