@@ -1296,6 +1296,12 @@ def batched_positions(ev: Evaluator, windows: list[tuple[int, int, int]]):
         i = j
 
 
+def logits_and_gate(ev: Evaluator, h: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The network's logits and, for the multi head, the gate's logits from hidden states h [n, D]."""
+    with ev.autocast():
+        return ev.model.logits(h), ev.model.mixer_gate(h) if ev.mixer.head == "multi" else None
+
+
 def score_chunk(ev: Evaluator, cache: NgramCache | None, t0: int, t1: int, stride: int) -> Tensor:
     """Score targets [t0, t1) on this rank's share of the windows; returns float64 [nll sum, bytes, count] summed
     over ranks. Reads the cache, never writes it."""
@@ -1304,9 +1310,7 @@ def score_chunk(ev: Evaluator, cache: NgramCache | None, t0: int, t1: int, strid
     sums = torch.zeros(3, dtype=torch.float64, device=ev.tokens.device)
     with torch.no_grad():
         for idx, h in batched_positions(ev, windows[lo:hi]):
-            with ev.autocast():
-                logits = ev.model.logits(h)
-                gate = ev.model.mixer_gate(h) if ev.mixer.head == "multi" else None
+            logits, gate = logits_and_gate(ev, h)
             nll, _ = mixed_nll(ev.mixer, logits, gate, cache, ev.tokens, idx, ev.tokens[idx])
             if ev.record is not None:
                 ev.record.append((idx.cpu(), nll.cpu()))
@@ -1443,9 +1447,7 @@ def audit_windows(ev: Evaluator, cache: NgramCache, windows: list[tuple[int, int
     sums, independent = [], True
     with torch.no_grad():
         for pos, h in batched_positions(ev, windows):
-            with ev.autocast():
-                logits = ev.model.logits(h)
-                gate = ev.model.mixer_gate(h) if ev.mixer.head == "multi" else None
+            logits, gate = logits_and_gate(ev, h)
             for j in range(pos.numel()):
                 rows = lambda t: t[j:j + 1].expand(every.numel(), *t.shape[1:])
                 nll, log_w = mixed_nll(ev.mixer, rows(logits), None if gate is None else rows(gate), cache,
