@@ -6,6 +6,8 @@
 
 Shards use the challenge's format and are written and checked by train_gpt.py's write_shard/read_shard (one reader
 for the whole project). Every document is [BOS] + sp.encode(text); the validation split is the first N documents.
+Every command ends by writing <out folder>/provenance.json (what the shards are, each shard's size and SHA-256, the
+tokenizer's SHA-256 and how many validation documents also occur in train), which train_gpt.py verifies.
 User errors print one line and exit with code 2. See data/README.md for options, the manifest layout and counts.
 """
 
@@ -155,7 +157,8 @@ def write_splits(texts: Iterable[str], sp, out_dir: Path, val_docs: int, shard_t
                  threads: int, progress_s: float = 5.0) -> SplitReport:
     """Tokenize documents ([BOS] + ids), first val_docs to val, the rest to train, then swap the shards into out_dir.
 
-    A train document whose exact text is also a validation document is reported, and dropped when dedupe is set.
+    A train document whose exact token sequence is also a validation document's (the same text, up to the tokenizer's
+    normalization) is reported, and dropped when dedupe is set.
     """
     if sp.vocab_size() > 2**16:
         raise UserError(f"tokenizer has {sp.vocab_size()} pieces; uint16 shards hold at most 65536")
@@ -175,10 +178,10 @@ def tokenize_into(texts: Iterable[str], sp, staging: Path, val_docs: int, shard_
     report = SplitReport(ShardWriter(staging, "val", shard_tokens), ShardWriter(staging, "train", shard_tokens))
     val_hashes: dict[bytes, int] = {}
     index, start, last = 0, time.time(), time.time()
-    for batch, ids in encoded_batches(texts, sp, threads):
-        for text, doc_ids in zip(batch, ids):
-            digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest()
+    for _, ids in encoded_batches(texts, sp, threads):
+        for doc_ids in ids:
             doc = np.array([BOS_ID] + doc_ids, dtype=np.uint16)
+            digest = hashlib.sha1(doc.tobytes()).digest()  # tokens, not text: what training and provenance see
             if index < val_docs:
                 val_hashes.setdefault(digest, index)
                 report.val.add(doc)
@@ -214,6 +217,10 @@ def swap_in(staging: Path, out_dir: Path) -> None:
         os.replace(new, out_dir / new.name)
 
 
+def report_shards(report: SplitReport, out_dir: Path) -> list[Path]:
+    return [out_dir / name for w in (report.val, report.train) for name, _ in w.files]
+
+
 def print_report(report: SplitReport, out_dir: Path, dedupe: bool) -> None:
     for w in (report.val, report.train):
         log(f"{w.split}: {w.docs:,} documents, {w.tokens:,} tokens in {len(w.files)} file(s)")
@@ -226,6 +233,173 @@ def print_report(report: SplitReport, out_dir: Path, dedupe: bool) -> None:
         log(f"both splits: {len(pairs):,} train documents appear verbatim in validation ({examples}); {action}")
     else:
         log("both splits: no train document appears verbatim in validation")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PROVENANCE: <out folder>/provenance.json, written last by every command (contract section 3). train_gpt.py checks
+# the shards a run reads against it and reports `data` and `val_overlap` in its compliance block.
+# Overlap between the splits is counted on token sequences: a document is a BOS token and what follows up to the
+# next BOS (or the end of the split), possibly across shard files. Each document gets a 64-bit key (a polynomial
+# hash of its tokens modulo 2**64, mixed with its length), computed for millions of tokens per numpy call; a train
+# document whose key equals a validation document's is then compared token by token, so the count is exact.
+# ----------------------------------------------------------------------------------------------------------------
+
+PROVENANCE = "provenance.json"
+HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
+LENGTH_MIX = np.uint64(0xD6E8FEB86659FD93)
+OVERLAP_CHUNK_TOKENS = 1 << 22  # tokens hashed per step (~100 MB of temporaries)
+PROGRESS_S = 10.0
+_powers: list[np.ndarray] = [np.ones(1, np.uint64), np.ones(1, np.uint64)]  # HASH_BASE**i, HASH_BASE**-i
+
+
+def hash_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """HASH_BASE**i and HASH_BASE**-i modulo 2**64 for i < n (at least; cached and grown by doubling)."""
+    if _powers[0].size < n:
+        size = max(n, 2 * _powers[0].size)
+        for k, base in enumerate((HASH_BASE, pow(HASH_BASE, -1, 2**64))):
+            p = np.full(size, base, np.uint64)
+            p[0] = 1
+            _powers[k] = np.cumprod(p, dtype=np.uint64)  # wraps modulo 2**64
+    return _powers[0], _powers[1]
+
+
+def document_keys(block: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """64-bit keys of the contiguous documents block[starts[i]:starts[i] + lengths[i]] (starts ascending)."""
+    first, end = int(starts[0]), int(starts[-1] + lengths[-1])
+    pw, inv = hash_powers(end - first)
+    x = block[first:end].astype(np.uint64)
+    np.multiply(x, pw[:x.size], out=x)
+    np.cumsum(x, out=x)  # x[j] = sum of token_i * B**i for i <= j (positions relative to `first`)
+    s = starts - first
+    before = x[np.maximum(s - 1, 0)]
+    before[s == 0] = 0
+    h = (x[s + lengths - 1] - before) * inv[s]  # = sum of token * B**(position in its document)
+    return h ^ (lengths.astype(np.uint64) * LENGTH_MIX)
+
+
+def split_documents(shards: Iterable[np.ndarray], chunk_tokens: int):
+    """Yield (block, offset, starts, lengths, keys) for the documents of one split, its shards given in order.
+
+    block is the split's token stream from position offset; document i is block[starts[i]:starts[i] + lengths[i]],
+    whole (one crossing a chunk or shard boundary is carried into the next block). Tokens before the split's
+    first BOS belong to no document.
+    """
+    carry, pos = np.empty(0, np.uint16), 0  # pos: stream position of the next unread token
+    for shard in shards:
+        for lo in range(0, shard.size, chunk_tokens):
+            piece = np.asarray(shard[lo:lo + chunk_tokens])
+            block = np.concatenate([carry, piece]) if carry.size else piece
+            offset, pos = pos - carry.size, pos + piece.size
+            starts = np.flatnonzero(block == BOS_ID)
+            if not starts.size:  # no document open (carry empty), none starting: leading tokens of the split
+                continue
+            carry = block[starts[-1]:]
+            if starts.size > 1:
+                lengths = np.diff(starts)
+                starts = starts[:-1]
+                yield block, offset, starts, lengths, document_keys(block, starts, lengths)
+    if carry.size:
+        starts, lengths = np.zeros(1, np.int64), np.full(1, carry.size, np.int64)
+        yield carry, pos - carry.size, starts, lengths, document_keys(carry, starts, lengths)
+
+
+class Progress:
+    """Prints a line at most every `every` seconds."""
+
+    def __init__(self, every: float):
+        self.every, self.t0 = every, time.time()
+        self.last = self.t0
+
+    def __call__(self, message) -> None:
+        if time.time() - self.last >= self.every:
+            self.last = time.time()
+            log(f"provenance: {message()} ({self.last - self.t0:.0f}s)")
+
+
+def count_val_docs_in_train(val_files: list[Path], train_files: list[Path], progress: Progress,
+                            chunk_tokens: int | None = None) -> int:
+    """Validation documents whose exact token sequence also occurs as a training document (hash, then compare)."""
+    chunk = chunk_tokens or OVERLAP_CHUNK_TOKENS
+    val = np.concatenate([read_shard(f) for f in val_files]) if val_files else np.empty(0, np.uint16)
+    found = [(offset + starts, lengths, keys) for _, offset, starts, lengths, keys in split_documents([val], chunk)]
+    if not found:
+        return 0
+    v_start, v_len, v_key = (np.concatenate(parts) for parts in zip(*found))
+    order = np.argsort(v_key, kind="stable")
+    sorted_keys = v_key[order]
+    matched = np.zeros(v_key.size, bool)
+    settled: set[int] = set()  # keys whose validation documents are all matched: hits need no comparison
+    train = [read_shard(f, mmap=True) for f in train_files]
+    total, candidates = sum(t.size for t in train), 0
+    for block, offset, starts, lengths, keys in split_documents(train, chunk):
+        at = np.searchsorted(sorted_keys, keys)
+        hits = np.flatnonzero(sorted_keys[np.minimum(at, sorted_keys.size - 1)] == keys)
+        candidates += hits.size
+        _, first = np.unique(keys[hits], return_index=True)  # one train document per key first, then the others
+        for group in (hits[first], np.delete(hits, first)):  # (the others matter only after a hash collision)
+            group = group[~np.isin(keys[group], np.fromiter(settled, np.uint64, len(settled)))]
+            for i in group:
+                lo, hi, key = int(at[i]), int(np.searchsorted(sorted_keys, keys[i], side="right")), int(keys[i])
+                if key in settled:
+                    continue
+                doc = block[starts[i]:starts[i] + lengths[i]]
+                for v in order[lo:hi]:  # every validation document with this key
+                    if not matched[v] and v_len[v] == doc.size and np.array_equal(val[v_start[v]:][:doc.size], doc):
+                        matched[v] = True
+                if matched[order[lo:hi]].all():
+                    settled.add(key)
+        done = offset + block.size
+        progress(lambda: f"overlap: {done:,} of {total:,} train tokens ({100 * done / max(total, 1):.0f}%), "
+                         f"{candidates:,} hash matches, {int(matched.sum()):,} of {v_key.size:,} val documents "
+                         "in train")
+    return int(matched.sum())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def display_path(path: Path) -> str:
+    """path relative to the repository root when inside it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def write_provenance(out_dir: Path, kind: str, source, variant: str | None, shards: list[Path], tokenizer: Path,
+                     progress_s: float = PROGRESS_S) -> dict:
+    """Hash every shard and the tokenizer, count validation documents in train, write out_dir/provenance.json."""
+    t0, progress = time.time(), Progress(progress_s)
+    shards = sorted(shards, key=lambda p: p.name)
+    total = sum(p.stat().st_size for p in shards)
+    files, done = {}, 0
+    for p in shards:
+        files[p.name] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        done += files[p.name]["bytes"]
+        progress(lambda: f"sha256: {len(files)} of {len(shards)} shards ({done / 1e9:.1f} of {total / 1e9:.1f} GB)")
+    split = lambda name: [p for p in shards if p.name.startswith(f"fineweb_{name}_")]
+    overlap = count_val_docs_in_train(split("val"), split("train"), progress)
+    record = {"format": 1, "kind": kind, "source": source, "variant": variant, "files": files,
+              "tokenizer": {"path": display_path(tokenizer), "sha256": file_sha256(tokenizer)},
+              "val_docs_in_train": overlap}
+    tmp = out_dir / f".{PROVENANCE}.tmp"
+    with open(tmp, "w") as f:
+        f.write(json.dumps(record, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out_dir / PROVENANCE)
+    log(f"provenance: wrote {out_dir / PROVENANCE} ({len(files)} shards, {total:,} bytes; val_docs_in_train "
+        f"{overlap:,}) in {time.time() - t0:.1f}s")
+    if overlap:
+        log(f"warning: {overlap:,} validation documents also occur in the training shards; train_gpt.py's "
+            "val_overlap check fails on this data")
+    return record
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -309,6 +483,7 @@ def cmd_sample(args) -> None:
     out_dir = root / "datasets" / "sample_sp1024"
     report = write_splits(texts, sp, out_dir, val_docs, SAMPLE_SHARD_TOKENS, dedupe=False, threads=args.threads)
     print_report(report, out_dir, dedupe=False)
+    write_provenance(out_dir, "sample", "embedded", None, report_shards(report, out_dir), tok_path)
     log(f"done in {time.time() - t0:.1f}s; try: PRESET=smoke python3 train_gpt.py")
 
 
@@ -372,18 +547,20 @@ def cmd_corpus(args) -> None:
     if (args.tokenizer is None) == (args.vocab_size is None):
         raise UserError("give exactly one of --tokenizer PATH (existing) or --vocab-size N (train a new one)")
     if args.tokenizer:
-        sp = load_sp(Path(args.tokenizer))
+        tok_path = Path(args.tokenizer)
+        sp = load_sp(tok_path)
         log(f"tokenizer: {args.tokenizer} ({sp.vocab_size()} pieces)")
     else:
-        tok_out = Path(args.tokenizer_out or Path(args.out) / f"tokenizer_{args.vocab_size}_bpe.model")
+        tok_path = Path(args.tokenizer_out or Path(args.out) / f"tokenizer_{args.vocab_size}_bpe.model")
         train_docs = (t for i, t in enumerate(read_documents(paths, args.text_field)) if i >= args.val_docs)
         log(f"tokenizer: training vocab {args.vocab_size} on up to {args.tokenizer_chars:,} characters of train docs")
-        sp = train_tokenizer(training_lines(train_docs, args.tokenizer_chars), args.vocab_size, tok_out)
-        log(f"tokenizer: wrote {tok_out}")
+        sp = train_tokenizer(training_lines(train_docs, args.tokenizer_chars), args.vocab_size, tok_path)
+        log(f"tokenizer: wrote {tok_path}")
     out_dir = Path(args.out)
     report = write_splits(read_documents(paths, args.text_field), sp, out_dir, args.val_docs, args.shard_tokens,
                           args.dedupe, args.threads)
     print_report(report, out_dir, args.dedupe)
+    write_provenance(out_dir, "corpus", list(args.inputs), None, report_shards(report, out_dir), tok_path)
     log(f"done in {time.time() - t0:.1f}s")
 
 
@@ -401,8 +578,50 @@ def hub_download(repo_id: str, filename: str, local_dir: Path, force: bool) -> P
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise UserError("the fineweb command needs huggingface_hub: pip install huggingface_hub") from None
+    if "HF_HUB_VERBOSITY" not in os.environ:  # its retry warnings would precede our one-line error
+        try:
+            from huggingface_hub.utils import logging as hf_logging
+            hf_logging.set_verbosity_error()
+        except ImportError:
+            pass
     return Path(hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", local_dir=str(local_dir),
                                 force_download=force))
+
+
+# Exceptions (by class name, anywhere in the class hierarchy) that mean the hub was not reached, from the HTTP
+# libraries huggingface_hub has used (requests, urllib3, httpx) and huggingface_hub itself. A 404 is not among them.
+NETWORK_ERRORS = {"ConnectionError", "ConnectTimeout", "Timeout", "ProxyError", "SSLError", "MaxRetryError",
+                  "NewConnectionError", "NameResolutionError", "ConnectError", "NetworkError", "TimeoutException",
+                  "LocalEntryNotFoundError", "OfflineModeIsEnabled", "gaierror", "TimeoutError"}
+
+
+def network_cause(e: BaseException) -> BaseException | None:
+    """The innermost exception in e's chain (itself, __cause__, __context__) saying the hub could not be reached
+    (e.g. "gaierror: Name or service not known" under huggingface_hub's wrappers), or None."""
+    seen, found = set(), None
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if NETWORK_ERRORS & {c.__name__ for c in type(e).__mro__}:
+            found = e
+        e = e.__cause__ or e.__context__
+    return found
+
+
+def hub_unreachable(e: BaseException, repo_id: str, what: str = "") -> UserError | None:
+    """A one-line UserError saying the hub cannot be reached and what to do, or None when e is something else."""
+    cause = network_cause(e)
+    if cause is None:
+        return None
+    detail = str(cause).splitlines()[0] if str(cause) else ""
+    detail = f": {detail[:100]}..." if len(detail) > 100 else f": {detail}" if detail else ""
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        why, fix = " (HF_HUB_OFFLINE is set)", "unset HF_HUB_OFFLINE"
+    else:
+        why, fix = "", "check the network connection, HF_ENDPOINT and any proxy (HTTPS_PROXY)"
+    return UserError(f"cannot reach the Hugging Face hub at {endpoint}{why} for dataset {repo_id} "
+                     f"({type(cause).__name__}{detail}){what}; {fix}, or build shards offline with "
+                     "'python3 data/prepare.py sample' or 'python3 data/prepare.py corpus FILE... --out DIR'")
 
 
 @dataclass
@@ -420,7 +639,7 @@ def fetch(repo_id: str, f: RemoteFile, staging: Path, check) -> str:
             return f"present, {check(f.local)}"
         except UserError as e:
             log(f"  {f.local.name}: existing copy is bad ({e}); fetching again")
-    why = ""
+    why, error = "", None
     for attempt in range(FETCH_ATTEMPTS):
         try:
             got = hub_download(repo_id, f.remote, staging, force=attempt > 0 or f.local.exists())
@@ -428,11 +647,14 @@ def fetch(repo_id: str, f: RemoteFile, staging: Path, check) -> str:
             shutil.move(str(got), f.local)
             return f"downloaded, {check(f.local)}"
         except UserError as e:  # the check failed: a 0-byte, truncated or wrong file
-            why = str(e)
+            why, error = str(e), None
         except Exception as e:  # network and hub errors: retry, then report
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            why, error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", e
         log(f"  {f.local.name}: attempt {attempt + 1}/{FETCH_ATTEMPTS} failed: {why}")
     f.local.unlink(missing_ok=True)  # never leave a bad shard where training would read it
+    if error is not None and (unreachable := hub_unreachable(
+            error, repo_id, f" while fetching {f.remote} (files fetched so far are kept: run again to resume)")):
+        raise unreachable
     raise UserError(f"{f.remote} from {repo_id}: still bad after {FETCH_ATTEMPTS} downloads ({why})")
 
 
@@ -504,6 +726,8 @@ def cmd_fineweb(args) -> None:
     except UserError:
         raise
     except Exception as e:
+        if unreachable := hub_unreachable(e, repo_id):
+            raise unreachable from None
         first_line = str(e).splitlines()[0][:200] if str(e) else ""
         raise UserError(f"{prefix}/manifest.json from {repo_id}: {type(e).__name__}: {first_line}") from None
     entry = manifest_entry(manifest, dataset)
@@ -512,18 +736,28 @@ def cmd_fineweb(args) -> None:
     if args.train_shards > len(train):
         raise UserError(f"--train-shards {args.train_shards} but the manifest lists only {len(train)} train shards")
     tok_remote = tokenizer_path(entry, manifest)
+    folder = root / "datasets" / dataset
+    # Train shards of the manifest beyond --train-shards that an earlier run left are checked and recorded too:
+    # training reads every shard in the folder.
+    earlier = [(name, n) for name, n in train[args.train_shards:] if (folder / name).exists()]
     files = [RemoteFile(f"{prefix}/{tok_remote}", root / "tokenizers" / Path(tok_remote).name, is_shard=False)]
-    for split, shards in (("val", shard_list(entry, "val")), ("train", train[:args.train_shards])):
-        files += [RemoteFile(f"{prefix}/{dataset}/{name}", root / "datasets" / dataset / name, n) for name, n in shards]
+    for split, shards in (("val", shard_list(entry, "val")), ("train", train[:args.train_shards] + earlier)):
+        files += [RemoteFile(f"{prefix}/{dataset}/{name}", folder / name, n) for name, n in shards]
+    if earlier:
+        log(f"note: {len(earlier)} more train shards from an earlier run are present; they are checked and "
+            "recorded too, and training will use them")
     for i, f in enumerate(files, 1):
         t = time.time()
         check = shard_check(vocab, f.num_tokens) if f.is_shard else tokenizer_check(vocab)
         status = fetch(repo_id, f, staging, check)
         log(f"[{i}/{len(files)}] {f.local.relative_to(root)}: {status} ({time.time() - t:.1f}s)")
     shutil.rmtree(staging, ignore_errors=True)
-    extra = sorted(set((root / "datasets" / dataset).glob("fineweb_train_*.bin")) - {f.local for f in files})
-    if extra:
-        log(f"note: {len(extra)} more train shards from an earlier run are present and will be used too")
+    unknown = sorted(set(folder.glob("fineweb_*.bin")) - {f.local for f in files})
+    if unknown:
+        log(f"warning: {len(unknown)} shard(s) in {folder} are not in the manifest ({unknown[0].name}, ...); they "
+            f"are not in {PROVENANCE}, so a training run that reads them fails its data check: delete them")
+    write_provenance(folder, "fineweb", f"{repo_id}:{prefix}/{dataset}", args.variant,
+                     [f.local for f in files if f.is_shard], files[0].local)
     log(f"done in {time.time() - t0:.1f}s: DATA_PATH={root / 'datasets' / dataset} "
         f"TOKENIZER_PATH={files[0].local}")
 

@@ -6,6 +6,7 @@ The shared-corpus tests use ../shared/data (the challenge tokenizer and a 9,563-
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import shutil
 import subprocess
@@ -45,6 +46,34 @@ def file_digests(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def reference_overlap(val: np.ndarray, train: np.ndarray) -> int:
+    """Validation documents (BOS to next BOS) equal to some train document, by brute force on tuples."""
+    def docs(a: np.ndarray) -> list[tuple]:
+        at = np.flatnonzero(a == BOS_ID).tolist() + [a.size]
+        return [tuple(a[s:e].tolist()) for s, e in zip(at[:-1], at[1:])]
+    in_train = set(docs(train))
+    return sum(d in in_train for d in docs(val))
+
+
+def check_provenance(folder: Path, kind: str, source, variant, tokenizer: Path) -> dict:
+    """provenance.json lists exactly the folder's shards with their sizes and SHA-256 (computed here), the
+    tokenizer's, and the brute-force overlap count; returns the record."""
+    record = json.loads((folder / "provenance.json").read_text())
+    shards = sorted(folder.glob("fineweb_*.bin"))
+    assert list(record) == ["format", "kind", "source", "variant", "files", "tokenizer", "val_docs_in_train"]
+    assert (record["format"], record["kind"], record["source"], record["variant"]) == (1, kind, source, variant)
+    assert record["files"] == {p.name: {"bytes": len(p.read_bytes()),
+                                        "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in shards}
+    tok = tokenizer.resolve()
+    path = tok.relative_to(REPO).as_posix() if tok.is_relative_to(REPO) else str(tok)
+    assert record["tokenizer"] == {"path": path, "sha256": hashlib.sha256(tok.read_bytes()).hexdigest()}
+    val = split_tokens(folder, "val")
+    train = split_tokens(folder, "train") if list(folder.glob("fineweb_train_*.bin")) else val[:0]
+    assert record["val_docs_in_train"] == reference_overlap(val, train)
+    assert not list(folder.glob(".provenance*"))  # the temporary file was renamed
+    return record
+
+
 @pytest.fixture(scope="session")
 def sample_root() -> Path:
     """Build the real data/datasets/sample_sp1024 and tokenizer (what PRESET=smoke reads); returns data/."""
@@ -72,7 +101,17 @@ def test_sample_is_deterministic_and_complete(sample_root, sample_docs, tmp_path
     assert r.returncode == 0, r.stderr
     repo_files = {k: v for k, v in file_digests(sample_root).items()
                   if k.startswith(("datasets/sample_sp1024/", "tokenizers/sample_1024_bpe.model"))}
-    assert repo_files == file_digests(tmp_path)  # byte-identical across two runs
+    tmp_files, record = file_digests(tmp_path), "datasets/sample_sp1024/provenance.json"
+    assert repo_files.pop(record) and tmp_files.pop(record)  # its tokenizer path differs (checked below)
+    assert repo_files == tmp_files  # byte-identical across two runs
+    # provenance.json: every shard, the tokenizer, no validation document in train (repo path relative, else absolute)
+    repo_record = check_provenance(sample_root / "datasets/sample_sp1024", "sample", "embedded", None,
+                                   sample_root / "tokenizers/sample_1024_bpe.model")
+    assert repo_record["tokenizer"]["path"] == "data/tokenizers/sample_1024_bpe.model"
+    tmp_record = check_provenance(tmp_path / "datasets/sample_sp1024", "sample", "embedded", None,
+                                  tmp_path / "tokenizers/sample_1024_bpe.model")
+    assert tmp_record["val_docs_in_train"] == 0 and tmp_record["files"] == repo_record["files"]
+    assert "provenance: wrote" in r.stdout and "val_docs_in_train 0" in r.stdout
     assert "datasets/sample_sp1024/fineweb_val_000000.bin" in repo_files
     assert "datasets/sample_sp1024/fineweb_train_000001.bin" in repo_files  # several train shards
     folder = tmp_path / "datasets" / "sample_sp1024"
@@ -279,6 +318,60 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# provenance: validation documents in train, counted on token sequences
+# ----------------------------------------------------------------------------------------------------------------
+
+def write_split(folder: Path, split: str, stream: np.ndarray, cuts: list[int]) -> list[Path]:
+    files = []
+    for i, part in enumerate(np.split(stream.astype(np.uint16), sorted(cuts))):
+        files.append(folder / f"fineweb_{split}_{i:06d}.bin")
+        write_shard(files[-1], part)
+    return files
+
+
+def test_overlap_count_is_exact_across_shard_and_chunk_boundaries(tmp_path):
+    rng = np.random.default_rng(0)
+    progress = prepare.Progress(1e9)
+    for trial in range(60):  # ids 0-3: many short documents, many duplicates, empty shards, junk before the first BOS
+        folder = tmp_path / str(trial)
+        folder.mkdir()
+        val, train = rng.integers(0, 4, rng.integers(0, 80)), rng.integers(0, 4, rng.integers(0, 300))
+        val_files = write_split(folder, "val", val, list(rng.integers(0, val.size + 1, 2)))
+        train_files = write_split(folder, "train", train, list(rng.integers(0, train.size + 1, 3)))
+        chunk = int(rng.integers(1, 12))
+        got = prepare.count_val_docs_in_train(val_files, train_files, progress, chunk_tokens=chunk)
+        assert got == reference_overlap(val, train), (trial, chunk)
+    # Planted: a long document crossing a train shard boundary, and equal-length near-misses (one token differs).
+    doc = np.concatenate([[BOS_ID], rng.integers(2, 1024, 5000)])
+    near = doc.copy()
+    near[2500] ^= 1
+    val = np.concatenate([doc, [BOS_ID, 7, 8], doc])
+    train = np.concatenate([[5, 6], near, doc, [BOS_ID, 7], near])
+    folder = tmp_path / "planted"
+    folder.mkdir()
+    val_files = write_split(folder, "val", val, [])
+    train_files = write_split(folder, "train", train, [2 + near.size + 1000])
+    for chunk in (64, 1 << 22):
+        assert prepare.count_val_docs_in_train(val_files, train_files, progress, chunk_tokens=chunk) == 2
+        assert prepare.count_val_docs_in_train(val_files, train_files[:1], progress, chunk_tokens=chunk) == 0
+
+
+def test_write_provenance_reports_progress_and_rewrites_atomically(tmp_path, sample_root, capsys):
+    tok = sample_root / "tokenizers/sample_1024_bpe.model"
+    folder = tmp_path / "d"
+    folder.mkdir()
+    write_split(folder, "val", np.array([BOS_ID, 5, BOS_ID, 6]), [])
+    write_split(folder, "train", np.array([BOS_ID, 6, BOS_ID, 5, 5]), [3])
+    (folder / "provenance.json").write_text("old")
+    shards = sorted(folder.glob("fineweb_*.bin"))
+    record = prepare.write_provenance(folder, "corpus", ["x.jsonl"], None, shards, tok, progress_s=0)
+    assert record == check_provenance(folder, "corpus", ["x.jsonl"], None, tok)
+    assert record["val_docs_in_train"] == 1  # [BOS, 6] is in train; [BOS, 5] is not ([BOS, 5, 5] is)
+    out = capsys.readouterr().out
+    assert "provenance: sha256: 1 of 3 shards" in out and "provenance: overlap: " in out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # corpus
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -314,11 +407,19 @@ def test_corpus_reports_and_dedupes_documents_in_both_splits(tmp_path, sample_ro
     out = capsys.readouterr().out
     assert "both splits: 2 train documents appear verbatim in validation (train #3 = val #0, train #5 = val #1)" in out
     assert split_tokens(tmp_path / "keep", "train").tolist() == expected_stream(sample_sp, [c, a, d, b, c])
+    assert check_provenance(tmp_path / "keep", "corpus", [str(src)], None, Path(tok))["val_docs_in_train"] == 2
+    assert "warning: 2 validation documents also occur in the training shards" in out
     assert prepare.main(base + ["--out", str(tmp_path / "dedup"), "--dedupe"]) == 0
     out = capsys.readouterr().out
     assert "dropped 2 from train (--dedupe)" in out and "train: 3 documents" in out
     assert split_tokens(tmp_path / "dedup", "val").tolist() == expected_stream(sample_sp, [a, b])
     assert split_tokens(tmp_path / "dedup", "train").tolist() == expected_stream(sample_sp, [c, d, c])
+    assert check_provenance(tmp_path / "dedup", "corpus", [str(src)], None, Path(tok))["val_docs_in_train"] == 0
+    # Three copies of a in validation, two in train: each validation copy counts; the record is rewritten.
+    write_jsonl(src, [a, a, b, a, c, a, b, d])
+    assert prepare.main(base[:-1] + ["3", "--out", str(tmp_path / "keep")]) == 0
+    assert check_provenance(tmp_path / "keep", "corpus", [str(src)], None, Path(tok))["val_docs_in_train"] == 3
+    assert "val_docs_in_train 3" in capsys.readouterr().out
 
 
 def test_corpus_reads_txt_and_zst_and_cuts_exact_shards(tmp_path, sample_root, sample_sp, capsys):
@@ -344,6 +445,9 @@ def test_corpus_reads_txt_and_zst_and_cuts_exact_shards(tmp_path, sample_root, s
     assert split_tokens(out, "train").tolist() == stream[val_len:]
     assert len(train_files) < 10 and not (out / "fineweb_train_000009.bin").exists()  # stale shard replaced
     assert (out / "notes.txt").read_text() == "kept" and not list(tmp_path.glob(".out.partial"))
+    record = check_provenance(out, "corpus", inputs, None, sample_root / "tokenizers/sample_1024_bpe.model")
+    assert len(record["files"]) == len(train_files) + len(list_shards(str(out), "val"))
+    assert record["val_docs_in_train"] == 0
 
 
 def test_corpus_trains_a_new_tokenizer_with_the_spec(tmp_path, sample_docs, capsys):
@@ -354,6 +458,7 @@ def test_corpus_trains_a_new_tokenizer_with_the_spec(tmp_path, sample_docs, caps
                          "--out", str(tmp_path / "out")]) == 0
     assert f"tokenizer: wrote {tok}" in capsys.readouterr().out
     sp = prepare.load_sp(tok)
+    check_provenance(tmp_path / "out", "corpus", [str(src)], None, tok)
     assert sp.vocab_size() == 400 and sum(sp.is_byte(i) for i in range(400)) == 256 and sp.bos_id() == BOS_ID
     assert split_tokens(tmp_path / "out", "train").tolist() == expected_stream(sp, texts[4:])
     assert int(split_tokens(tmp_path / "out", "val").max()) < 400
@@ -506,3 +611,127 @@ def test_fineweb_without_huggingface_hub_says_how_to_install(tmp_path, capsys):
         pass
     assert fineweb(tmp_path / "d", "--train-shards", "1") == 2
     assert "pip install huggingface_hub" in capsys.readouterr().err
+
+
+def set_remote_shard(repo: Path, name: str, tokens: list[int]) -> None:
+    """Replace one shard of the fake repository (and its manifest token count)."""
+    write_shard(repo / "datasets" / "fineweb10B_sp1024" / name, np.array(tokens, np.uint16))
+    manifest_path = repo / "datasets" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["datasets"]["fineweb10B_sp1024"]
+    next(e for e in entry["train"] + entry["val"] if e["name"] == name)["num_tokens"] = len(tokens)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_fineweb_writes_provenance_with_the_overlap(tmp_path, fake_repo, monkeypatch, capsys):
+    hub = FakeHub(fake_repo)
+    monkeypatch.setattr(prepare, "hub_download", hub)
+    monkeypatch.setenv("MATCHED_FINEWEB_REPO_ID", "someone/fork")
+    root = tmp_path / "data"
+    local, tok = root / "datasets" / "fineweb10B_sp1024", root / "tokenizers" / "fineweb_1024_bpe.model"
+    source = "someone/fork:datasets/fineweb10B_sp1024"
+    assert fineweb(root, "--train-shards", "2") == 0
+    record = check_provenance(local, "fineweb", source, "sp1024", tok)
+    assert sorted(record["files"]) == ["fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+    assert record["files"]["fineweb_train_000001.bin"]["bytes"] == 1024 + 2 * 5001
+    assert record["tokenizer"]["path"] == str(tok.resolve())  # outside the repository: absolute
+
+    # Plant duplicates: val documents A, B, A-prefix, B; train holds B and A, A crossing the boundary between two
+    # shards. Val A (once) and B (twice) are in train, the A-prefix is not: 3. The remote files changed, so the
+    # manifest counts no longer match the local copies, which are fetched again; the record is rewritten.
+    a, b = [BOS_ID, 50, 60, 70, 80], [BOS_ID, 9, 9]
+    set_remote_shard(fake_repo, "fineweb_val_000000.bin", a + b + a[:3] + b)
+    set_remote_shard(fake_repo, "fineweb_train_000000.bin", [BOS_ID, 4, 4] + b + a[:2])
+    set_remote_shard(fake_repo, "fineweb_train_000001.bin", a[2:] + [BOS_ID, 5])
+    capsys.readouterr()
+    assert fineweb(root, "--train-shards", "2") == 0
+    assert check_provenance(local, "fineweb", source, "sp1024", tok)["val_docs_in_train"] == 3
+    assert "warning: 3 validation documents also occur in the training shards" in capsys.readouterr().out
+
+    # A later run asking for fewer shards checks and records the train shards an earlier run left (training reads
+    # them); a shard the manifest does not list is left out of the record, with a warning.
+    write_shard(local / "fineweb_train_000007.bin", np.array([BOS_ID, 2], np.uint16))
+    hub.calls.clear()
+    assert fineweb(root, "--train-shards", "0") == 0
+    assert hub.fetched() == ["manifest.json"]
+    out = capsys.readouterr().out
+    assert "2 more train shards from an earlier run are present" in out
+    assert "1 shard(s) in" in out and "(fineweb_train_000007.bin, ...)" in out
+    (local / "fineweb_train_000007.bin").unlink()
+    record = check_provenance(local, "fineweb", source, "sp1024", tok)
+    assert len(record["files"]) == 3 and record["val_docs_in_train"] == 3
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fineweb without network: what huggingface_hub raises when the hub cannot be reached
+# ----------------------------------------------------------------------------------------------------------------
+
+def hub_error(kind: str) -> Exception:
+    """The exception chain huggingface_hub raises without network (class names as in the real libraries)."""
+    connect = type("ConnectError", (Exception,), {"__module__": "httpx"})  # httpx (huggingface_hub >= 1.0)
+    requests_error = type("ConnectionError", (OSError,), {"__module__": "requests.exceptions"})  # requests (< 1.0)
+    local_entry = type("LocalEntryNotFoundError", (FileNotFoundError,), {"__module__": "huggingface_hub.errors"})
+    try:
+        try:
+            try:
+                raise ConnectionRefusedError(111, "Connection refused")
+            except OSError as e:
+                raise (connect if kind.startswith("httpx") else requests_error)("[Errno 111] Connection refused") from e
+        except Exception as e:
+            if kind.endswith("force"):  # force_download=True
+                raise ValueError("Force download failed due to the above error.") from e
+            raise local_entry("An error happened while trying to locate the file on the Hub and we cannot find "
+                              "the requested files in the local cache.") from e
+    except Exception as e:
+        return e
+
+
+@pytest.mark.parametrize("kind", ["httpx-force", "requests-force", "httpx-cache"])
+def test_fineweb_unreachable_hub_is_one_line_exit_2(tmp_path, kind, monkeypatch, capsys):
+    def offline(repo_id, filename, local_dir, force):
+        raise hub_error(kind)
+    monkeypatch.setattr(prepare, "hub_download", offline)
+    assert fineweb(tmp_path / "d", "--train-shards", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: cannot reach the Hugging Face hub"), err
+    assert "willdepueoai/parameter-golf" in err and "HF_ENDPOINT" in err and "prepare.py sample" in err
+    assert "Connection refused" in err and "Force download failed" not in err
+
+
+def test_fineweb_hub_lost_during_shards_is_one_line(tmp_path, fake_repo, monkeypatch, capsys):
+    hub = FakeHub(fake_repo)
+    def flaky(repo_id, filename, local_dir, force):
+        if filename.endswith("train_000001.bin"):
+            raise hub_error("httpx-force")
+        return hub(repo_id, filename, local_dir, force)
+    monkeypatch.setattr(prepare, "hub_download", flaky)
+    root = tmp_path / "data"
+    assert fineweb(root, "--train-shards", "2") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot reach the Hugging Face hub" in err
+    assert "while fetching datasets/fineweb10B_sp1024/fineweb_train_000001.bin" in err and "run again" in err
+    assert (root / "datasets/fineweb10B_sp1024/fineweb_train_000000.bin").is_file()  # kept for the next run
+    assert not (root / "datasets/fineweb10B_sp1024/provenance.json").exists()
+
+
+def test_network_cause_ignores_errors_from_a_reached_hub():
+    assert prepare.network_cause(hub_error("requests-cache")) is not None
+    not_found = type("EntryNotFoundError", (FileNotFoundError,), {})("404 datasets/x.bin")
+    assert prepare.network_cause(ValueError("wrapped")) is None
+    assert prepare.network_cause(not_found) is None and prepare.network_cause(OSError(28, "No space left")) is None
+
+
+def test_fineweb_unreachable_endpoint_with_real_huggingface_hub(tmp_path):
+    pytest.importorskip("huggingface_hub")
+    env = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper() and not k.startswith("HF_")}
+    env |= {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "NO_PROXY": "*"}
+    # The real client retries with back-off (time.sleep); without the sleeping this takes a second, not 20.
+    code = ("import runpy, sys, time; time.sleep = lambda s: None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code, str(REPO / "data" / "prepare.py"), "fineweb", "--data-dir",
+                        str(tmp_path / "d"), "--train-shards", "1"], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "cannot reach the Hugging Face hub at http://127.0.0.1:9" in err, err
+    assert "willdepueoai/parameter-golf" in err
