@@ -5,9 +5,12 @@
         --author "Jane Doe" --github-id janedoe --prev-record-bpb 1.1194,1.1201,1.1189
 
 writes records/<track>/<YYYY-MM-DD>_<name>/ with README.md, submission.json, train_seed<SEED>.log for each log,
-the exact train_gpt.py that ran (checked against the logs' sha256) and val_bpb.png when matplotlib is installed.
-Every refusal is one line on stderr and exit code 2; records/README.md lists them and how the statistics work.
-Tests call make_record() in-process. Standard library only (numpy/scipy/matplotlib are optional or unused).
+the exact train_gpt.py that ran (checked against the logs' sha256; with --packed its packed, self-extracting form),
+requirements.txt when the script needs more than torch and numpy, and val_bpb.png when matplotlib is installed.
+The record track (the default) is refused unless every compliance check passes; --non-record files the run in the
+non-record track and its README lists why it is not a record. Every refusal is one line on stderr and exit code 2;
+records/README.md lists them and how the statistics work. Tests call make_record() in-process. Standard library
+only (numpy/scipy/matplotlib are optional or unused; --packed imports the --script, which needs its own imports).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 import re
 import shlex
 import shutil
@@ -47,11 +51,16 @@ class RecordError(Exception):
 # lines and refuses malformed known ones (a half-written number must not become a record).
 # ----------------------------------------------------------------------------------------------------------------
 
-SCORE_EVENTS = ("final_int6_roundtrip", "final_int6_roundtrip_exact", "final_int6_sliding_window",
-                "final_int6_sliding_window_exact", "legal_ttt", "legal_ttt_exact")
+# Score lines: final_<TAG>_roundtrip / final_<TAG>_sliding_window with the quantization tag (int6, int5, int5-6: the
+# bit widths of the attention and MLP matrices), final_prequant (the exported weights before quantization) and
+# legal_ttt (the run's score); each also as `..._exact` with 8 decimals.
+QUANT_TAG = r"int\d+(?:-\d+)*"
+SCORE_EVENT = re.compile(rf"^(?:final_(?P<tag>{QUANT_TAG})_(?:roundtrip|sliding_window)|final_prequant|legal_ttt)"
+                         r"(?:_exact)?$")
 SIZE_PATTERNS = {
-    "serialized_bytes": re.compile(r"^Serialized model \S+: (\d+) bytes\b"),
+    "serialized_bytes": re.compile(r"^Serialized model (?P<label>\S+): (\d+) bytes\b"),
     "code_bytes": re.compile(r"^Code size: (\d+) bytes\b"),
+    "packed_code_bytes": re.compile(r"^Packed code size: (\d+) bytes\b"),
     "total_bytes": re.compile(r"^Total submission size \S+: (\d+) bytes\b"),
 }
 
@@ -83,12 +92,15 @@ def parse_log(text: str, name: str = "log") -> dict:
     Keys: source {file, sha256, bytes}, versions {...}, hardware {...}, config, config_defaults (dicts or None),
     runs (number of `config` lines), train_points / val_points (lists of dicts from `step:` lines), last_step
     {step, train_time_ms, step_avg_ms} from the last `step:` or `stopping_early:` line, stopping_early, sizes
-    (serialized_bytes, code_bytes, total_bytes), scores {event: {val_loss, val_bpb, ...}}, compliance (the
-    compliance_json dict), compliance_lines (verbatim), where {field: (line number, line)}.
+    (serialized_bytes, code_bytes, packed_code_bytes, total_bytes), export_label (e.g. gptq-int6+xz), scores {event: {val_loss, val_bpb, ...}},
+    quant_tags (the distinct TAGs of the final_<TAG>_ lines, in order of appearance), export_cost_bpb (float),
+    export_fit (the line's key:value fields), compliance (the compliance_json dict), compliance_lines (verbatim),
+    where {field: (line number, line)}.
     """
     log: dict = {"source": None, "versions": {}, "hardware": {}, "config": None, "config_defaults": None, "runs": 0,
                  "train_points": [], "val_points": [], "last_step": None, "stopping_early": None,
-                 "serialized_bytes": None, "code_bytes": None, "total_bytes": None, "scores": {}, "compliance": None,
+                 "serialized_bytes": None, "code_bytes": None, "packed_code_bytes": None, "total_bytes": None,
+                 "export_label": None, "scores": {}, "quant_tags": [], "export_cost_bpb": None, "export_fit": None, "compliance": None,
                  "compliance_lines": [], "where": {}}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -118,7 +130,7 @@ def _parse_line(log: dict, line: str) -> str | None:
             raise ValueError(f"{head} is not a JSON object")
         log["compliance" if head == "compliance_json" else head] = value
         log["runs"] += head == "config"
-    elif head == "compliance":
+    elif head in ("compliance", "compliance_verdict"):
         log["compliance_lines"].append(line)
         return None
     elif head.startswith("step:") and "train_time:" in line:
@@ -138,18 +150,32 @@ def _parse_line(log: dict, line: str) -> str | None:
         log["stopping_early"] = log["last_step"] = {"step": step, "total": total, "step_avg_ms": None,
                                                     "train_time_ms": _ms(f["train_time"])}
         return "last_step"
-    elif head in SCORE_EVENTS:
+    elif m := SCORE_EVENT.match(head):
         f = _fields(rest)
         score = {"val_loss": float(f["val_loss"]), "val_bpb": float(f["val_bpb"])}
         if "eval_time" in f:
             score["eval_time_ms"] = _ms(f["eval_time"])
         log["scores"][head] = score
+        if m["tag"] and m["tag"] not in log["quant_tags"]:
+            log["quant_tags"].append(m["tag"])
+        return head
+    elif head == "export_cost":
+        log["export_cost_bpb"] = float(_fields(rest)["val_bpb"])
+        return head
+    elif head == "export_fit":
+        f = _fields(rest)
+        for key in ("bytes", "target", "tries"):
+            if key in f:
+                int(f[key])  # a malformed number is refused like any other known line
+        log["export_fit"] = f
         return head
     else:
         for key, pattern in SIZE_PATTERNS.items():
             m = pattern.match(line)
             if m:
-                log[key] = int(m.group(1))
+                log[key] = int(m.group(m.lastindex))
+                if "label" in pattern.groupindex:
+                    log["export_label"] = m["label"].rstrip(":")
                 return key
         return None
     return {"config_defaults": "config_defaults", "compliance_json": "compliance"}.get(head, head)
@@ -163,6 +189,12 @@ def _parse_line(log: dict, line: str) -> str | None:
 
 COMPLIANCE_KEYS = ("train_seconds", "eval_seconds", "artifact_bytes", "scoring", "train_data_at_eval",
                    "score_first", "verdicts")
+# The record checks (contract section 2). A log without them predates the checks: accepted with --non-record only.
+RECORD_KEY_TYPES = {
+    "hardware": (str,), "world_size": (int,), "train_cap_seconds": (int, float), "scored_targets": (int,),
+    "val_targets": (int,), "eval_max_tokens": (int,), "data": (str,), "val_docs_in_train": (int, type(None)),
+    "export_fit": (str,), "record": (bool,), "not_record_because": (list,),
+}
 
 
 @dataclasses.dataclass
@@ -171,10 +203,22 @@ class Run:
     path: Path
     log: dict
     seed: int
+    packed_total: int | None = None  # with --packed: model bytes + the packed script's bytes
 
     @property
     def final(self) -> dict:
         return self.log["scores"]["legal_ttt_exact"]
+
+    @property
+    def tag(self) -> str:
+        """The quantization tag of the final_<TAG>_ lines, e.g. int6, int5 or int5-6."""
+        return self.log["quant_tags"][0]
+
+    @property
+    def total_bytes(self) -> int:
+        """The artifact bytes this record reports for the seed: model + packed code with --packed, else the log's
+        `Total submission size` (model + the code that ran)."""
+        return self.log["total_bytes"] if self.packed_total is None else self.packed_total
 
     @property
     def steps(self) -> int | None:
@@ -190,12 +234,22 @@ class Run:
         return round(last["train_time_ms"] / last["step"], 2) if last["step"] else None  # stopping_early line
 
     @property
-    def train_seconds(self) -> float:
-        return float(self.log["compliance"]["train_seconds"])
+    def train_seconds(self) -> float | None:
+        """None for a run that trained nothing (LOAD_ARTIFACT)."""
+        value = self.log["compliance"]["train_seconds"]
+        return None if value is None else float(value)
 
     @property
     def eval_seconds(self) -> float:
         return float(self.log["compliance"]["eval_seconds"])
+
+    @property
+    def record_keys_missing(self) -> list[str]:
+        return [k for k in RECORD_KEY_TYPES if k not in self.log["compliance"]]
+
+
+def _is_number(v, *, null_ok: bool = False) -> bool:
+    return (v is None and null_ok) or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 def load_run(path: Path) -> Run:
@@ -213,17 +267,27 @@ def load_run(path: Path) -> Run:
     need(log["source"], "no `source train_gpt.py sha256:... bytes:...` line")
     need(log["config_defaults"] is not None, "no `config_defaults {...}` line")
     need(isinstance(log["config"].get("SEED"), int), "the config line has no integer SEED")
-    need("final_int6_roundtrip_exact" in log["scores"],
-         "no `final_int6_roundtrip_exact` line: the run did not finish its quantized round-trip evaluation")
+    tags = log["quant_tags"]
+    need(len(tags) <= 1, f"has final_ lines of {len(tags)} quantization tags ({', '.join(tags)}); one run exports "
+                         "at one bit width: give the log of a single run")
+    need(tags and f"final_{tags[0]}_roundtrip_exact" in log["scores"],
+         f"no `final_{tags[0] if tags else '<TAG>'}_roundtrip_exact` line" + ("" if tags else " (TAG: int6, int5, "
+         "int5-6, ...)") + ": the run did not finish its quantized round-trip evaluation")
     need("legal_ttt_exact" in log["scores"],
          "no final `legal_ttt_exact` line (the run's score): the run did not finish its score-first evaluation")
     need(log["compliance"] is not None, "no `compliance_json {...}` line: cannot check the run's compliance")
     missing = [k for k in COMPLIANCE_KEYS if k not in log["compliance"]]
     need(not missing, f"compliance_json lacks {', '.join(missing)}")
     c = log["compliance"]
-    need(all(isinstance(c[k], (int, float)) and not isinstance(c[k], bool)
-             for k in ("train_seconds", "eval_seconds", "artifact_bytes")) and isinstance(c["verdicts"], dict),
+    need(_is_number(c["train_seconds"], null_ok=True) and _is_number(c["eval_seconds"])
+         and _is_number(c["artifact_bytes"]) and isinstance(c["verdicts"], dict),
          "compliance_json: train_seconds, eval_seconds and artifact_bytes must be numbers, verdicts an object")
+    wrong = [k for k, types in RECORD_KEY_TYPES.items() if k in c and (
+        not isinstance(c[k], types) or (isinstance(c[k], bool) and bool not in types))]
+    need(not wrong, "compliance_json: " + ", ".join(f"{k} is {json.dumps(c.get(k))}" for k in wrong) +
+         " (contract: hardware and data strings; world_size, scored_targets, val_targets, eval_max_tokens integers; "
+         "train_cap_seconds a number; val_docs_in_train an integer or null; export_fit yes/no; record a boolean; "
+         "not_record_because a list)")
     need(log["total_bytes"] is not None, "no `Total submission size ...: N bytes` line")
     need(log["code_bytes"] is not None, "no `Code size: N bytes` line")
     return Run(path=path, log=log, seed=int(log["config"]["SEED"]))
@@ -251,10 +315,18 @@ def check_consistent(runs: list[Run]) -> None:
                 show = lambda v: "(absent)" if v is missing else json.dumps(v)  # noqa: E731
                 raise RecordError(f"logs disagree on the configuration: {key}={show(va)} in {first.path} but "
                                   f"{key}={show(vb)} in {run.path} (only SEED and RUN_ID may differ)")
+    for run in runs[1:]:
+        if run.tag != first.tag:
+            raise RecordError(f"logs disagree on the quantization: {first.path} exported {first.tag} but {run.path} "
+                              f"exported {run.tag}")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return sha256_bytes(path.read_bytes())
 
 
 def check_script(script: Path, runs: list[Run]) -> str:
@@ -268,50 +340,206 @@ def check_script(script: Path, runs: list[Run]) -> str:
     return digest
 
 
-# (submission.json key, verdict name in compliance_json, re-check from the seed's numbers, what it requires)
-COMPLIANCE_CHECKS = (
-    ("train_under_600s", "train_time", lambda c, r: float(c["train_seconds"]) <= TRAIN_LIMIT_S,
-     "train_seconds {train_seconds} <= 600"),
-    ("eval_under_600s", "eval_time", lambda c, r: float(c["eval_seconds"]) <= EVAL_LIMIT_S,
-     "eval_seconds {eval_seconds} <= 600"),
-    ("artifact_under_16mb", "artifact_size",
-     lambda c, r: max(c["artifact_bytes"], r.log["total_bytes"]) <= ARTIFACT_LIMIT_BYTES,
-     "artifact_bytes {artifact_bytes} and Total submission size {total_bytes} <= 16000000"),
-    ("no_hashed_ngram_cache", "scoring", lambda c, r: c["scoring"] == "normalized", "scoring {scoring} == normalized"),
-    ("no_train_data_at_eval", "train_data_at_eval", lambda c, r: c["train_data_at_eval"] == "no",
-     "train_data_at_eval {train_data_at_eval} == no"),
-    ("score_first_ttt", "score_first", lambda c, r: c["score_first"] == "yes", "score_first {score_first} == yes"),
+# ----------------------------------------------------------------------------------------------------------------
+# PACKING (--packed) and REQUIREMENTS
+# The packing functions live in train_gpt.py (pack_source, unpack_source, PACKED_MARKER); the --script is imported
+# only when --packed is given, so the normal path stays standard-library only.
+# ----------------------------------------------------------------------------------------------------------------
+
+def load_packer(script: Path):
+    """Import the --script as a module (its `if __name__ == "__main__"` block does not run) for its packing
+    functions; refuse when it cannot be imported or lacks them."""
+    import types
+    name = f"_make_record_script_{os.getpid()}"
+    module = types.ModuleType(name)
+    module.__file__ = str(script)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    try:
+        exec(compile(script.read_bytes(), str(script), "exec"), module.__dict__)
+    except (Exception, SystemExit) as e:
+        raise RecordError(f"--packed: importing --script {script} failed ({type(e).__name__}: {e}); it needs its own "
+                          "imports (torch, numpy) installed") from None
+    finally:
+        sys.modules.pop(name, None)
+    lacking = [n for n in ("pack_source", "unpack_source", "PACKED_MARKER") if not hasattr(module, n)]
+    if lacking:
+        raise RecordError(f"--packed: --script {script} has no {', '.join(lacking)}; only a train_gpt.py with the "
+                          "packing functions can be packed (drop --packed to copy the script as it ran)")
+    return module
+
+
+def pack_script(script: Path) -> dict:
+    """The packed form of the script that ran (already checked against the logs' sha256), verified to unpack to it.
+
+    Returns {packed (bytes), already_packed, source_sha256, source_bytes, packed_sha256}. A script that was itself
+    packed when it ran is kept byte for byte.
+    """
+    ran = script.read_bytes()
+    packer = load_packer(script)
+    try:
+        already = ran.startswith(packer.PACKED_MARKER)
+        packed = ran if already else packer.pack_source(ran)
+        source = packer.unpack_source(packed)
+    except Exception as e:
+        raise RecordError(f"--packed: the packing functions of --script {script} failed ({type(e).__name__}: "
+                          f"{e})") from None
+    if not isinstance(packed, bytes) or not packed.startswith(packer.PACKED_MARKER):
+        raise RecordError(f"--packed: pack_source of --script {script} did not return a packed script (bytes "
+                          "starting with PACKED_MARKER)")
+    if not already and source != ran:
+        raise RecordError(f"--packed: unpack_source(pack_source(script)) is not the script that ran "
+                          f"(sha256:{sha256_bytes(source)[:12]}... instead of sha256:{sha256_bytes(ran)[:12]}...); "
+                          "the packing functions of --script are broken")
+    return {"packed": packed, "already_packed": already, "source_sha256": sha256_bytes(source),
+            "source_bytes": len(source), "packed_sha256": sha256_bytes(packed)}
+
+
+def apply_packed_sizes(runs: list[Run], packed_bytes: int, warn) -> None:
+    """With --packed, each seed's artifact is its model bytes + the packed script (the file the folder holds)."""
+    for run in runs:
+        if run.log["serialized_bytes"] is None:
+            raise RecordError(f"{run.path}: no `Serialized model ...: N bytes` line; --packed needs the model bytes "
+                              "to count model + packed code")
+        logged = run.log["packed_code_bytes"]
+        if logged is not None and logged != packed_bytes:
+            warn(f"{run.path} logged `Packed code size: {logged} bytes` but the packed file is {packed_bytes} bytes "
+                 "(another lzma version?); the record counts the file it holds")
+        run.packed_total = run.log["serialized_bytes"] + packed_bytes
+
+
+BASE_PACKAGES = {"torch", "numpy"}  # what every record's environment has
+
+
+def extra_requirements(requirements: Path) -> list[str]:
+    """The package lines of the repository's requirements.txt other than torch and numpy (comments dropped)."""
+    if not requirements.is_file():
+        return []
+    out = []
+    for raw in requirements.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        m = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)
+        if m and not line.startswith("-") and re.sub(r"[-_.]+", "-", m.group(0)).lower() not in BASE_PACKAGES:
+            out.append(line)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# COMPLIANCE
+# Each check: the verdict train_gpt.py logged (compliance_json "verdicts") and this tool's re-check of the logged
+# numbers; a check holds for a seed when both agree on PASS. The record track needs every check to hold.
+# ----------------------------------------------------------------------------------------------------------------
+
+def _train_clock_why(c: dict, r: Run) -> str:
+    cap = c["train_cap_seconds"]
+    return f"MAX_WALLCLOCK_SECONDS={cap:g} (no cap)" if cap <= 0 else f"MAX_WALLCLOCK_SECONDS={cap:g}, over 600 s"
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str  # the verdict's name in compliance_json (or the key re-checked, when the log has no verdict for it)
+    flag: str | None  # submission.json compliance key (None: a record requirement without a boolean)
+    ok: object  # (compliance_json, Run) -> bool: the re-check of the logged numbers
+    why: object  # (compliance_json, Run) -> str: why it fails, e.g. "ran on 1xcpu, a record needs 8xH100"
+    has_verdict: bool = True
+    record_check: bool = False  # reads RECORD_KEY_TYPES keys, absent from logs older than the record checks
+
+
+CHECKS = (
+    Check("train_time", "train_under_600s",
+          lambda c, r: c["train_seconds"] is not None and c["train_seconds"] <= TRAIN_LIMIT_S,
+          lambda c, r: "train_seconds unknown (an evaluation of a loaded artifact trains nothing)"
+          if c["train_seconds"] is None else f"trained {c['train_seconds']:.1f} s, over the 600 s limit"),
+    Check("eval_time", "eval_under_600s", lambda c, r: c["eval_seconds"] <= EVAL_LIMIT_S,
+          lambda c, r: f"evaluated in {c['eval_seconds']:.1f} s, over the 600 s limit"),
+    Check("artifact_size", "artifact_under_16mb",
+          lambda c, r: max(c["artifact_bytes"], r.total_bytes) <= ARTIFACT_LIMIT_BYTES,
+          lambda c, r: f"{max(c['artifact_bytes'], r.total_bytes)} bytes, over the 16000000-byte limit"),
+    Check("scoring", "no_hashed_ngram_cache",
+          lambda c, r: c["scoring"] == "normalized" or r.log["config"].get("MIXER_HEAD") == "none",
+          lambda c, r: f"scoring {c['scoring']}, not a normalized distribution over the vocabulary (C1/C2)"),
+    Check("train_data_at_eval", "no_train_data_at_eval", lambda c, r: c["train_data_at_eval"] == "no",
+          lambda c, r: f"train_data_at_eval {c['train_data_at_eval']}: training data read at evaluation"),
+    Check("score_first", "score_first_ttt", lambda c, r: c["score_first"] == "yes",
+          lambda c, r: f"score_first {c['score_first']}"),
+    Check("hardware", "eight_h100", lambda c, r: c["hardware"].startswith("8x") and "H100" in c["hardware"],
+          lambda c, r: f"ran on {c['hardware']}, a record needs 8xH100", record_check=True),
+    Check("train_clock", "train_clock_capped", lambda c, r: 0 < c["train_cap_seconds"] <= TRAIN_LIMIT_S,
+          _train_clock_why, record_check=True),
+    Check("full_validation", "full_validation",
+          lambda c, r: c["eval_max_tokens"] == 0 and c["scored_targets"] == c["val_targets"],
+          lambda c, r: f"scored {c['scored_targets']} of {c['val_targets']} targets"
+          + (f" (EVAL_MAX_TOKENS={c['eval_max_tokens']})" if c["eval_max_tokens"] else ""), record_check=True),
+    Check("data", "challenge_fineweb", lambda c, r: c["data"].startswith("fineweb verified"),
+          lambda c, r: c["data"] or "(empty)", record_check=True),
+    Check("val_overlap", "no_val_in_train", lambda c, r: c["val_docs_in_train"] == 0,
+          lambda c, r: "val_docs_in_train unknown (the data's provenance record did not check it)"
+          if c["val_docs_in_train"] is None else
+          f"{c['val_docs_in_train']} validation documents are also training documents", record_check=True),
+    Check("export_fit", None, lambda c, r: c["export_fit"] == "yes",
+          lambda c, r: f"export_fit {c['export_fit']} (the export was not fitted to the byte target)",
+          has_verdict=False, record_check=True),
 )
+FLAG_ORDER = ("no_hashed_ngram_cache", "score_first_ttt", "three_seeds", "train_under_600s", "eval_under_600s",
+              "artifact_under_16mb", "no_train_data_at_eval", "eight_h100", "train_clock_capped", "full_validation",
+              "challenge_fineweb", "no_val_in_train")
+
+
+def _seed_failures(run: Run) -> list[tuple[str, str]]:
+    """(check name, reason) for every check this seed fails."""
+    c, out = run.log["compliance"], []
+    verdicts = c["verdicts"]
+    logged_reasons = [x for x in c.get("not_record_because") or [] if isinstance(x, str)]
+    missing = run.record_keys_missing
+    if missing:
+        out.append(("compliance_json", f"lacks {', '.join(missing)} (a log from before the record checks); rerun "
+                                       "with the current train_gpt.py"))
+    for check in CHECKS:
+        if check.record_check and missing:
+            continue
+        verdict = verdicts.get(check.name, "(missing)") if check.has_verdict else None
+        holds = check.ok(c, run)
+        if holds and verdict in ("PASS", None):
+            continue
+        if not holds:
+            out.append((check.name, check.why(c, run) + (" (though the log says PASS)" if verdict == "PASS" else "")))
+        else:  # the numbers hold, the log's verdict does not: trust the stricter one and give the log's reason
+            said = next((x.partition(":")[2].strip() for x in logged_reasons if x.startswith(check.name + ":")), "")
+            out.append((check.name, f"the log's verdict is {verdict}" + (f": {said}" if said else "")))
+    known = {check.name for check in CHECKS}
+    for name, verdict in sorted(verdicts.items()):
+        if name not in known and verdict != "PASS":
+            out.append((name, f"the log's verdict is {verdict}"))
+    if not out and c.get("record", True) is not True:
+        out.append(("record", "the log says record:false" + (f" ({'; '.join(logged_reasons)})" if logged_reasons
+                                                              else "")))
+    return out
 
 
 def check_compliance(runs: list[Run]) -> tuple[dict[str, bool], list[str]]:
-    """Per-check booleans over all seeds (submission.json's compliance object) and the list of failures.
+    """Per-check booleans over all seeds (submission.json's compliance object) and why the run is not a record.
 
     A seed fails a check when its verdict is not PASS or when the tool's own re-check of the logged numbers fails;
-    any other verdict the log reports as FAIL is a failure too.
+    any other verdict the log reports as FAIL is a failure too; a log without the record checks' keys fails them.
+    Each reason is "<check>: <why>" once per distinct why, as "<check> (seed S): <why>" when not every seed has it.
     """
-    flags, failures = {}, []
-    for key, verdict_name, recheck, rule in COMPLIANCE_CHECKS:
-        ok_all = True
-        for run in runs:
-            c = run.log["compliance"]
-            verdict = c["verdicts"].get(verdict_name, "(missing)")
-            passes = recheck(c, run)
-            if verdict != "PASS" or not passes:
-                ok_all = False
-                why = rule.format(total_bytes=run.log["total_bytes"], **{k: c[k] for k in COMPLIANCE_KEYS})
-                failures.append(f"seed {run.seed}: {verdict_name} {verdict}" + (
-                    f" ({why} holds, but the log says {verdict})" if passes else f" ({why} is false)"))
-        flags[key] = ok_all
-    known = {v for _, v, _, _ in COMPLIANCE_CHECKS}
-    for run in runs:
-        for name, verdict in sorted(run.log["compliance"]["verdicts"].items()):
-            if name not in known and verdict != "PASS":
-                failures.append(f"seed {run.seed}: {name} {verdict}")
+    per_seed = {run.seed: _seed_failures(run) for run in runs}
+    flags = {}
+    for check in CHECKS:
+        if check.flag:
+            failed = any(name in (check.name, "compliance_json" if check.record_check else None)
+                         for fails in per_seed.values() for name, _ in fails)
+            flags[check.flag] = flags.get(check.flag, True) and not failed
     flags["three_seeds"] = len(runs) >= 3
-    order = ("no_hashed_ngram_cache", "score_first_ttt", "three_seeds", "train_under_600s", "eval_under_600s",
-             "artifact_under_16mb", "no_train_data_at_eval")
-    return {k: flags[k] for k in order}, failures
+    grouped: dict[tuple[str, str], list[int]] = {}
+    for seed, fails in per_seed.items():
+        for key in fails:
+            grouped.setdefault(key, []).append(seed)
+    reasons = []
+    for (name, why), seeds in grouped.items():
+        where = "" if len(seeds) == len(runs) else (
+            f" (seed {seeds[0]})" if len(seeds) == 1 else f" (seeds {', '.join(map(str, seeds))})")
+        reasons.append(f"{name}{where}: {why}")
+    return {k: flags[k] for k in FLAG_ORDER}, reasons
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -503,8 +731,9 @@ def describe_config(cfg: dict) -> list[str]:
     return out
 
 
-def technique_summary(cfg: dict) -> str:
-    """One line for submission.json, e.g. '11L 512d GQA 8/8 MLP3.5x, multi n-gram mixer (2..7, normalized), ...'."""
+def technique_summary(cfg: dict, export: str | None = None) -> str:
+    """One line for submission.json, e.g. '11L 512d GQA 8/8 MLP3.5x, multi n-gram mixer (2..7, normalized), ...';
+    export: the label of the `Serialized model` line (e.g. gptq-int6+xz), else it is guessed from QUANT_BITS."""
     g = cfg.get
     parts = []
     if all(k in cfg for k in ("NUM_LAYERS", "MODEL_DIM")):
@@ -517,7 +746,9 @@ def technique_summary(cfg: dict) -> str:
     if g("MIXER_HEAD") not in (None, "none"):
         parts.append(f"{g('MIXER_HEAD')} n-gram mixer (orders 2..{g('NGRAM_MAX_ORDER', '?')}, "
                      f"{g('NGRAM_SCORING', '?')} scoring)")
-    if "QUANT_BITS" in cfg:
+    if export:
+        parts.append(f"{export} export")
+    elif "QUANT_BITS" in cfg:
         parts.append(f"int{g('QUANT_BITS')}+zstd export")
     if g("TTT_EPOCHS"):
         parts.append(f"score-first TTT {g('TTT_EPOCHS')} epoch(s) {g('TTT_OPTIMIZER', '')}".rstrip())
@@ -550,6 +781,43 @@ def command_lines(cfg: dict, defaults: dict, seeds: list[int], world_size: int) 
         return " \\\n".join(env + [f"SEED={seeds[0]}", launch])
     body = " \\\n  ".join(env + ["SEED=$SEED", launch])
     return f"for SEED in {' '.join(map(str, seeds))}; do\n  {body}\ndone"
+
+
+# Where DATA_PATH / TOKENIZER_PATH outside the repository are put in the record's command (train_gpt.py's defaults
+# and data/prepare.py's output folders).
+PATH_DEFAULT_DIRS = {"DATA_PATH": "./data/datasets", "TOKENIZER_PATH": "./data/tokenizers"}
+
+
+def portable_paths(cfg: dict, repo_root: Path, data_note: str | None = None) -> tuple[dict, list[str]]:
+    """The config with every *_PATH value made relative to the repository (machine-absolute paths do not run
+    elsewhere), and one note per path that had to be replaced.
+
+    An absolute path inside repo_root becomes ./<relative path>; a DATA_PATH or TOKENIZER_PATH outside it (absolute,
+    or relative with '..') becomes ./data/datasets/<folder name> or ./data/tokenizers/<file name>, with a note
+    saying where the run read it (and data_note, the run's data check, e.g. "fineweb verified: 80 files").
+    """
+    root = posixpath.normpath(Path(repo_root).resolve().as_posix())
+    out, notes = dict(cfg), []
+    for key, value in cfg.items():
+        if not (key.endswith("_PATH") and isinstance(value, str) and value.strip()):
+            continue
+        path = posixpath.normpath(value)
+        if posixpath.isabs(path):
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                out[key] = "./" + posixpath.relpath(path, root) if path != root else "."
+                continue
+        elif path != ".." and not path.startswith("../"):
+            continue  # already relative to the repository
+        name = posixpath.basename(path)
+        if key in PATH_DEFAULT_DIRS and name not in ("", ".", ".."):
+            out[key] = f"{PATH_DEFAULT_DIRS[key]}/{name}"
+            source = f" ({data_note})" if key == "DATA_PATH" and data_note else ""
+            notes.append(f"The runs read {key}={value}, outside the repository{source}; the command uses "
+                         f"{out[key]}, where data/prepare.py puts its {PATH_DEFAULT_DIRS[key][7:]}: put the same "
+                         "files there.")
+        else:
+            notes.append(f"{key}={value} is a path on the machine that ran the logs, outside the repository.")
+    return out, notes
 
 
 def hardware_text(log: dict) -> str:
@@ -585,8 +853,11 @@ def plot_val_bpb(runs: list[Run], path: Path) -> bool:
         pts = run.log["val_points"]
         (line,) = ax.plot([p["train_time_ms"] / 1000 for p in pts], [p["val_bpb"] for p in pts], marker=".",
                           label=f"seed {run.seed}: val_bpb during training")
-        ax.scatter([run.train_seconds], [run.final["val_bpb"]], marker="*", s=140, color=line.get_color(), zorder=3)
-        shown += [p["val_bpb"] for p in pts if p["step"] > 0] + [run.final["val_bpb"]]
+        if run.train_seconds is not None:
+            ax.scatter([run.train_seconds], [run.final["val_bpb"]], marker="*", s=140, color=line.get_color(),
+                       zorder=3)
+            shown.append(run.final["val_bpb"])
+        shown += [p["val_bpb"] for p in pts if p["step"] > 0]
     ax.scatter([], [], marker="*", s=140, color="grey", label="final score (legal_ttt_exact), drawn at train end")
     lo, hi = min(shown), max(shown)
     pad = max(0.05 * (hi - lo), 0.002)
@@ -603,7 +874,7 @@ def plot_val_bpb(runs: list[Run], path: Path) -> bool:
     return True
 
 
-def build_submission(runs, meta: dict, flags: dict, sig: dict | None) -> dict:
+def build_submission(runs, meta: dict, flags: dict, sig: dict | None, packed: dict | None = None) -> dict:
     losses = [r.final["val_loss"] for r in runs]
     bpbs = [r.final["val_bpb"] for r in runs]
     (loss_mean, loss_std), (bpb_mean, bpb_std) = mean_std(losses), mean_std(bpbs)
@@ -616,17 +887,22 @@ def build_submission(runs, meta: dict, flags: dict, sig: dict | None) -> dict:
         "val_loss": round(loss_mean, 8), "val_bpb": round(bpb_mean, 8),
         "val_loss_std": None if loss_std is None else round(loss_std, 8),
         "val_bpb_std": None if bpb_std is None else round(bpb_std, 8),
-        "bytes_total": max(r.log["total_bytes"] for r in runs),
-        "bytes_code": max(r.log["code_bytes"] for r in runs),
+        "bytes_total": max(r.total_bytes for r in runs),
+        "bytes_code": len(packed["packed"]) if packed else max(r.log["code_bytes"] for r in runs),
+    }
+    if packed:
+        sub["bytes_code_unpacked"] = packed["source_bytes"]
+    sub |= {
         "seeds": [r.seed for r in runs],
         "seed_results": {str(r.seed): {
-            "val_loss": r.final["val_loss"], "val_bpb": r.final["val_bpb"], "artifact_bytes": r.log["total_bytes"],
+            "val_loss": r.final["val_loss"], "val_bpb": r.final["val_bpb"], "artifact_bytes": r.total_bytes,
             "steps": r.steps, "step_avg_ms": r.step_avg_ms, "train_time_s": r.train_seconds,
             "eval_time_s": r.eval_seconds} for r in runs},
+        "quantization": runs[0].tag,
         "hardware": " / ".join(hardware),
         "pytorch_version": first["versions"].get("torch"),
         "cuda_version": None if cuda in (None, "none") else cuda,
-        "technique_summary": technique_summary(first["config"]),
+        "technique_summary": technique_summary(first["config"], first["export_label"]),
         "compliance": flags,
     }
     if sig is not None:
@@ -634,10 +910,45 @@ def build_submission(runs, meta: dict, flags: dict, sig: dict | None) -> dict:
     return sub
 
 
-def build_readme(runs: list[Run], sub: dict, meta: dict, failures: list[str], sig: dict | None,
-                 plotted: bool, script_hash: str) -> str:
+def _record_checks_table(runs: list[Run]) -> list[str]:
+    """The record checks' logged values per seed (logs older than the checks have none)."""
+    rows = [r for r in runs if not r.record_keys_missing]
+    if not rows:
+        return ["The logs predate the record checks (their `compliance_json` has no hardware, train clock, "
+                "validation coverage, data or overlap keys).", ""]
+    out = ["| seed | hardware | train cap s | scored / validation targets | data | val docs in train | export fit |",
+           "|---:|---|---:|---:|---|---:|---|"]
+    for r in rows:
+        c = r.log["compliance"]
+        overlap = "unknown" if c["val_docs_in_train"] is None else c["val_docs_in_train"]
+        out.append(f"| {r.seed} | {c['hardware']} | {c['train_cap_seconds']:g} | {c['scored_targets']} / "
+                   f"{c['val_targets']} | {c['data']} | {overlap} | {c['export_fit']} |")
+    return out + [""]
+
+
+def _script_paragraph(runs: list[Run], script_hash: str, packed: dict | None) -> str:
+    ran_bytes = runs[0].log["source"]["bytes"]
+    if not packed:
+        return (f"`train_gpt.py` in this folder is the exact script that ran: sha256 `{script_hash}`, {ran_bytes:,} "
+                "bytes (the hash in every log's `source` line).")
+    if packed["already_packed"]:
+        return (f"`train_gpt.py` in this folder is the exact script that ran, which was already packed (a "
+                f"self-extracting script): sha256 `{script_hash}`, {ran_bytes:,} bytes (the hash in every log's "
+                f"`source` line); the source it carries: sha256 `{packed['source_sha256']}`, "
+                f"{packed['source_bytes']:,} bytes.")
+    return (f"`train_gpt.py` in this folder is the **packed** form of the script that ran (a self-extracting script "
+            "that runs the exact source; `train_gpt.unpack_source` restores it, and make_record checked that it "
+            f"does): packed file sha256 `{packed['packed_sha256']}`, {len(packed['packed']):,} bytes; the source "
+            f"that ran: sha256 `{script_hash}`, {packed['source_bytes']:,} bytes (the hash in every log's `source` "
+            "line). The artifact bytes count the packed file.")
+
+
+def build_readme(runs: list[Run], sub: dict, meta: dict, reasons: list[str], sig: dict | None,
+                 plotted: bool, script_hash: str, *, command: str, path_notes: list[str],
+                 packed: dict | None = None, requirements: list[str] | None = None) -> str:
     first = runs[0].log
     cfg = first["config"]
+    tag = runs[0].tag
     n = len(runs)
     out = [f"# {meta['name']}", ""]
     if meta["blurb"]:
@@ -647,14 +958,18 @@ def build_readme(runs: list[Run], sub: dict, meta: dict, failures: list[str], si
         who += f" (@{meta['github_id']})"
     out += [f"Track `{meta['track']}`, {meta['date']}, by {who}.", ""]
     if meta["track"] == NON_RECORD_TRACK:
-        why = ("it fails the compliance checks: " + "; ".join(failures)) if failures else (
-            "it was submitted as non-record by choice (--non-record); every compliance check passed")
-        out += [f"**Non-record submission**: {why}.", ""]
+        if reasons:
+            out += ["**Non-record submission**: it is not a record because", ""] + [f"- {r}" for r in reasons] + [""]
+        else:
+            out += ["**Non-record submission**: submitted as non-record by choice (--non-record); every record "
+                    "check passed.", ""]
+    code = f"code {sub['bytes_code']:,} bytes" + (
+        f", packed; {sub['bytes_code_unpacked']:,} bytes unpacked" if "bytes_code_unpacked" in sub else "")
     out += ["## Result", "",
             f"val_bpb **{_fmt(sub['val_bpb'])}** (sample std {_fmt(sub['val_bpb_std'])}), val_loss "
             f"{_fmt(sub['val_loss'])} nats/token (sample std {_fmt(sub['val_loss_std'])}), mean over {n} seed(s) "
-            f"{', '.join(map(str, sub['seeds']))}. Largest artifact {sub['bytes_total']:,} bytes (code "
-            f"{sub['bytes_code']:,} bytes) of the 16,000,000 allowed.", ""]
+            f"{', '.join(map(str, sub['seeds']))}. Largest artifact {sub['bytes_total']:,} bytes ({code}) of the "
+            f"16,000,000 allowed. Weights exported as {tag}.", ""]
     if sig:
         unit = "nats/token" if sig["compared"] == "val_loss" else "bpb"
         out += [f"Against the previous record ({sig['compared']} per seed: "
@@ -663,60 +978,82 @@ def build_readme(runs: list[Run], sub: dict, meta: dict, failures: list[str], si
                 f"t = {sig['t']:.3f}, df = {sig['df']:.2f}, p = {sig['p_value']:.4g} -> "
                 + ("**passes** p < 0.01." if sig["passes_p01"] else "**does not pass** p < 0.01."), ""]
     out += ["## What the run does", ""] + [f"- {b}" for b in describe_config(cfg)] + [""]
-    world = first["hardware"].get("world_size", "8")
     out += ["## Command", "",
             "Every variable whose value differs from train_gpt.py's default (from the logs' `config` and "
-            "`config_defaults` lines; RUN_ID only names the log file and is left out):", "",
-            "```bash", command_lines(cfg, first["config_defaults"], sub["seeds"], world), "```", "",
-            f"`train_gpt.py` in this folder is the exact script that ran: sha256 `{script_hash}`, "
-            f"{first['source']['bytes']:,} bytes (the hash in every log's `source` line).", ""]
+            "`config_defaults` lines; RUN_ID only names the log file and is left out), run from the repository "
+            "root with this folder's `train_gpt.py`; paths are relative to the repository root:", "",
+            "```bash", command, "```", ""]
+    out += [" ".join(path_notes), ""] if path_notes else []
+    if requirements:
+        out += ["Besides torch and numpy the script needs `pip install -r requirements.txt` (" +
+                ", ".join(requirements) + ").", ""]
+    out += [_script_paragraph(runs, script_hash, packed), ""]
     out += ["## Per-seed results", "",
             "| seed | val_bpb | val_loss | artifact bytes | train s | eval s | steps | step_avg ms |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
-        out.append(f"| {r.seed} | {r.final['val_bpb']:.8f} | {r.final['val_loss']:.8f} | {r.log['total_bytes']} | "
-                   f"{r.train_seconds:.2f} | {r.eval_seconds:.2f} | {_fmt(r.steps, 'd')} | "
+        out.append(f"| {r.seed} | {r.final['val_bpb']:.8f} | {r.final['val_loss']:.8f} | {r.total_bytes} | "
+                   f"{_fmt(r.train_seconds, '.2f')} | {r.eval_seconds:.2f} | {_fmt(r.steps, 'd')} | "
                    f"{_fmt(r.step_avg_ms, '.2f')} |")
     out += [f"| **mean** | {_fmt(sub['val_bpb'])} | {_fmt(sub['val_loss'])} | | | | | |",
             f"| **std** | {_fmt(sub['val_bpb_std'])} | {_fmt(sub['val_loss_std'])} | | | | | |", ""]
-    out += ["Other scores of the same quantized model (val_bpb), for comparison:", "",
-            "| seed | int6 round-trip | sliding window | final (score-first mixer/TTT) |", "|---:|---:|---:|---:|"]
+    prequant = any("final_prequant_exact" in r.log["scores"] for r in runs)
+    cost = any(r.log["export_cost_bpb"] is not None for r in runs)
+    head = ["seed"] + (["pre-quantization"] if prequant else []) + [f"{tag} round-trip"] + (
+        ["export cost"] if cost else []) + [f"{tag} sliding window", "final (score-first mixer/TTT)"]
+    out += ["Other scores of the same run (val_bpb), for comparison:", "",
+            "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for r in runs:
         s = r.log["scores"]
-        sliding = s.get("final_int6_sliding_window_exact", {}).get("val_bpb")
-        out.append(f"| {r.seed} | {s['final_int6_roundtrip_exact']['val_bpb']:.8f} | {_fmt(sliding)} | "
-                   f"{r.final['val_bpb']:.8f} |")
-    out += ["", "## val_bpb during training", ""]
+        cells = [str(r.seed)] + ([_fmt(s.get("final_prequant_exact", {}).get("val_bpb"))] if prequant else [])
+        cells += [f"{s[f'final_{tag}_roundtrip_exact']['val_bpb']:.8f}"]
+        cells += [_fmt(r.log["export_cost_bpb"], "+.5f")] if cost else []
+        cells += [_fmt(s.get(f"final_{tag}_sliding_window_exact", {}).get("val_bpb")), f"{r.final['val_bpb']:.8f}"]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    fits = [(r.seed, r.log["export_fit"]) for r in runs if r.log["export_fit"]]
+    if fits:
+        out += ["Export fit (the `export_fit` line: clip multipliers chosen so code + model fit the byte target):", ""]
+        out += [f"- seed {seed}: " + ", ".join(f"{k} {v}" for k, v in f.items()) for seed, f in fits] + [""]
+    out += ["## val_bpb during training", ""]
     out.append("![val_bpb against training time](val_bpb.png)" if plotted else
                "Plot skipped: matplotlib is not installed (pip install matplotlib, then rerun with --force). "
                "The points are the `step:... val_bpb:...` lines of the logs.")
     out += ["", "## Compliance", "", "| check | all seeds |", "|---|---|"]
     out += [f"| {k} | {'yes' if v else 'no'} |" for k, v in sub["compliance"].items()]
-    out += [""] + (["Failures: " + "; ".join(failures) + ".", ""] if failures else [])
+    out += [""] + _record_checks_table(runs)
+    out += (["Not a record because: " + "; ".join(reasons) + ".", ""] if reasons else
+            ["Every record check passed for every seed.", ""])
     for r in runs:
         block = r.log["compliance_lines"] or ["(this log has no human-readable compliance lines)"]
         out += [f"Seed {r.seed} (verbatim from `train_seed{r.seed}.log`):", "", "```", *block, "```", ""]
     out += ["## Environment", "",
             f"- hardware: {sub['hardware']}", f"- python {first['versions'].get('python', 'unknown')}, "
             f"torch {sub['pytorch_version'] or 'unknown'}, cuda {sub['cuda_version'] or 'none'}", ""]
-    out += readme_provenance(runs)
+    out += readme_provenance(runs, packed is not None)
     return "\n".join(out)
 
 
-def readme_provenance(runs: list[Run]) -> list[str]:
+def readme_provenance(runs: list[Run], packed: bool = False) -> list[str]:
     """The README section saying which log line each reported number came from."""
+    tag = runs[0].tag
+    size = ("model bytes from `Serialized model ...: N bytes` + the packed train_gpt.py in this folder; bytes_code: "
+            "the packed file (`Code size: N bytes` counts the script that ran)") if packed else (
+           "`Total submission size ...: N bytes`; bytes_code: `Code size: N bytes`")
     out = ["## How the numbers were read", "",
            "Generated by `records/make_record.py` from the logs in this folder:", "",
            "- val_bpb, val_loss: the `legal_ttt_exact` line (score-first chunked evaluation with the n-gram mixer "
            "and TTT: the submission's score); mean and sample std (n - 1) over seeds.",
-           "- artifact bytes (bytes_total = the largest): `Total submission size ...: N bytes`; bytes_code: "
-           "`Code size: N bytes`.",
+           f"- artifact bytes (bytes_total = the largest): {size}.",
            "- steps, step_avg: the last `step:` line (or the `stopping_early:` line, whose step_avg is "
            "train_time / steps).",
            "- train s, eval s and the compliance checks: the `compliance_json` line (train_seconds, eval_seconds, "
-           "verdicts), re-checked against the limits from the same numbers.",
+           "the record checks' values, verdicts), re-checked against the limits from the same numbers.",
+           f"- other scores: the `final_{tag}_roundtrip_exact`, `final_{tag}_sliding_window_exact`, "
+           "`final_prequant_exact` and `export_cost` lines (the last two when logged).",
            "- the command: the `config` and `config_defaults` lines; the script hash: the `source` line.", ""]
-    fields = ("source", "legal_ttt_exact", "final_int6_roundtrip_exact", "total_bytes", "code_bytes", "last_step",
+    fields = ("source", "legal_ttt_exact", f"final_{tag}_roundtrip_exact", "final_prequant_exact", "export_cost",
+              "export_fit", "serialized_bytes", "total_bytes", "code_bytes", "packed_code_bytes", "last_step",
               "compliance")
     for r in runs:
         out += [f"Seed {r.seed} (`train_seed{r.seed}.log`):", ""]
@@ -729,8 +1066,15 @@ def readme_provenance(runs: list[Run]) -> list[str]:
 def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROOT, script: Path = DEFAULT_SCRIPT,
                 author: str = "", github_id: str = "", blurb: str = "", date: str | None = None,
                 track: str | None = None, non_record: bool = False, prev_record_bpb: list[float] | None = None,
-                prev_record_loss: list[float] | None = None, force: bool = False, warn=None) -> Path:
-    """Check the logs and write the record folder; return its path. Raises RecordError for every refusal."""
+                prev_record_loss: list[float] | None = None, force: bool = False, packed: bool = False,
+                repo_root: Path = REPO_ROOT, requirements: Path | None = None, warn=None) -> Path:
+    """Check the logs and write the record folder; return its path. Raises RecordError for every refusal.
+
+    packed: write the packed form of the script (train_gpt.pack_source, imported from `script`) and count it in the
+    artifact bytes. repo_root: the paths in the command are made relative to it. requirements: the requirements
+    file whose packages other than torch and numpy go to the folder's requirements.txt (default:
+    repo_root/requirements.txt).
+    """
     warn = warn or (lambda msg: print(f"make_record: warning: {msg}", file=sys.stderr))
     if not logs:
         raise RecordError("give at least one log")
@@ -753,9 +1097,13 @@ def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROO
     runs = [load_run(Path(p)) for p in logs]
     check_consistent(runs)
     script_hash = check_script(Path(script), runs)
-    flags, failures = check_compliance(runs)
-    if failures and not non_record:
-        raise RecordError("compliance failed: " + "; ".join(failures) + "; fix the run or pass --non-record")
+    pack = pack_script(Path(script)) if packed else None
+    if pack:
+        apply_packed_sizes(runs, len(pack["packed"]), warn)
+    flags, reasons = check_compliance(runs)
+    if reasons and not non_record:
+        raise RecordError("not a record: " + "; ".join(reasons) + "; pass --non-record to file it as a non-record "
+                          "submission")
     sig = significance(runs, prev_record_bpb, prev_record_loss)
     folder = Path(out_root) / track / f"{date}_{name}"
     if folder.exists() and not force:
@@ -767,18 +1115,29 @@ def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROO
         warn("--author or --github-id is empty in submission.json")
     if len({hardware_text(r.log) for r in runs}) > 1:
         warn("the seeds ran on different hardware: " + ", ".join(sorted({hardware_text(r.log) for r in runs})))
-    blurb = blurb or technique_summary(runs[0].log["config"])
+    first = runs[0].log
+    cfg, path_notes = portable_paths(first["config"], Path(repo_root), first["compliance"].get("data"))
+    command = command_lines(cfg, first["config_defaults"], [r.seed for r in runs],
+                            first["hardware"].get("world_size", "8"))
+    extra = extra_requirements(Path(requirements) if requirements else Path(repo_root) / "requirements.txt")
+    blurb = blurb or technique_summary(first["config"], first["export_label"])
     meta = {"name": name, "author": author, "github_id": github_id, "blurb": blurb, "date": date, "track": track}
-    sub = build_submission(runs, meta, flags, sig)
+    sub = build_submission(runs, meta, flags, sig, pack)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         for r in runs:
             shutil.copyfile(r.path, tmp / f"train_seed{r.seed}.log")
-        shutil.copyfile(script, tmp / "train_gpt.py")
+        if pack:
+            (tmp / "train_gpt.py").write_bytes(pack["packed"])
+        else:
+            shutil.copyfile(script, tmp / "train_gpt.py")
+        if extra:
+            (tmp / "requirements.txt").write_text("\n".join(extra) + "\n")
         plotted = plot_val_bpb(runs, tmp / "val_bpb.png")
         (tmp / "submission.json").write_text(json.dumps(sub, indent=2) + "\n")
-        readme = build_readme(runs, sub, meta, failures, sig, plotted, script_hash)
+        readme = build_readme(runs, sub, meta, reasons, sig, plotted, script_hash, command=command,
+                              path_notes=path_notes, packed=pack, requirements=extra)
         (tmp / "README.md").write_text(readme + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -819,19 +1178,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--date", default=None, help="YYYY-MM-DD (default: today)")
     p.add_argument("--track", choices=(RECORD_TRACK, NON_RECORD_TRACK), default=None,
                    help=f"default {RECORD_TRACK}, or {NON_RECORD_TRACK} with --non-record")
-    p.add_argument("--non-record", action="store_true", help="accept failed compliance checks; non-record track")
+    p.add_argument("--non-record", action="store_true",
+                   help="file a run that is not a record (failed or missing checks) in the non-record track")
     prev = p.add_mutually_exclusive_group()
     prev.add_argument("--prev-record-bpb", type=_floats, default=None, help="previous record's per-seed val_bpb")
     prev.add_argument("--prev-record-loss", type=_floats, default=None, help="previous record's per-seed val_loss")
     p.add_argument("--out-root", type=Path, default=DEFAULT_OUT_ROOT, help="default: the records/ folder of this repo")
     p.add_argument("--script", type=Path, default=DEFAULT_SCRIPT, help="the train_gpt.py that ran (default: repo's)")
+    p.add_argument("--packed", action="store_true",
+                   help="write the packed (self-extracting) form of --script as train_gpt.py and count its bytes; "
+                        "imports --script for its pack_source, so torch must be installed")
     p.add_argument("--force", action="store_true", help="replace an existing record folder")
     a = p.parse_args(argv)
     try:
         folder = make_record(a.logs, name=a.name, out_root=a.out_root, script=a.script, author=a.author,
                              github_id=a.github_id, blurb=a.blurb, date=a.date, track=a.track,
                              non_record=a.non_record, prev_record_bpb=a.prev_record_bpb,
-                             prev_record_loss=a.prev_record_loss, force=a.force)
+                             prev_record_loss=a.prev_record_loss, force=a.force, packed=a.packed)
     except RecordError as e:
         print(f"make_record: error: {e}", file=sys.stderr)
         return 2

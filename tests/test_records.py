@@ -37,24 +37,45 @@ DEFAULTS = {
 CHANGED = {"MATRIX_LR": 0.03, "NGRAM_ENT_CENTER": [4.0, 3.5], "DATA_PATH": "/data/my shards"}
 BPB_PER_NAT = 0.5917  # val_bpb / val_loss of the synthetic validation set
 SEED_BPB = {1337: 1.1000, 42: 1.1012, 2025: 1.0995}
-PASS_VERDICTS = {k: "PASS" for k in ("train_time", "eval_time", "artifact_size", "scoring", "train_data_at_eval",
-                                     "score_first")}
+OLD_VERDICTS = ("train_time", "eval_time", "artifact_size", "scoring", "train_data_at_eval", "score_first")
+VAL_TARGETS = 62_021_845
+# compliance_json's record-check values of a run that is a record (contract section 2)
+RECORD_VALUES = {"hardware": "8xNVIDIA_H100_80GB_HBM3", "world_size": 8, "train_cap_seconds": 600.0,
+                 "scored_targets": VAL_TARGETS, "val_targets": VAL_TARGETS, "eval_max_tokens": 0,
+                 "data": "fineweb verified: 80 files", "val_docs_in_train": 0, "export_fit": "yes"}
+RECORD_VERDICTS = {"hardware": "hardware", "train_clock": "train_cap_seconds", "full_validation": "scored_targets",
+                   "data": "data", "val_overlap": "val_docs_in_train"}
 
 
 def log_text(seed: int, *, bpb: float | None = None, sha: str = SCRIPT_SHA, config: dict | None = None,
              drop: tuple[str, ...] = (), verdicts: dict | None = None, total_bytes: int = 15_900_000,
-             train_seconds: float = 598.5, stop_early: bool = True) -> str:
-    """One run's log in the contract format; `drop` removes lines by their first word."""
+             train_seconds: float = 598.5, stop_early: bool = True, tag: str = "int6", record: dict | None = None,
+             old: bool = False, code_bytes: int = len(SCRIPT_BYTES)) -> str:
+    """One run's log in the contract format; `drop` removes lines by their first word.
+
+    record: compliance_json record-check values to change (their verdicts become FAIL unless `verdicts` says
+    otherwise); old: a log written before the record checks (no record keys, no prequant/export lines).
+    """
     bpb = SEED_BPB.get(seed, 1.1) if bpb is None else bpb
     loss = bpb / BPB_PER_NAT
     cfg = DEFAULTS | CHANGED | {"SEED": seed, "RUN_ID": f"run_{seed}"} | (config or {})
     total_bytes += seed % 1000  # artifacts differ a little between seeds
+    all_verdicts = {k: "PASS" for k in OLD_VERDICTS}
     compliance = {"train_seconds": train_seconds, "eval_seconds": 412.25, "artifact_bytes": total_bytes,
-                  "scoring": cfg["NGRAM_SCORING"], "train_data_at_eval": "no", "score_first": "yes",
-                  "verdicts": PASS_VERDICTS | (verdicts or {})}
+                  "scoring": cfg["NGRAM_SCORING"], "train_data_at_eval": "no", "score_first": "yes"}
+    if not old:
+        values = RECORD_VALUES | (record or {})
+        all_verdicts |= {name: "PASS" if values[key] == RECORD_VALUES[key] else "FAIL"
+                         for name, key in RECORD_VERDICTS.items()}
+        compliance |= values
+    all_verdicts |= verdicts or {}
+    compliance["verdicts"] = all_verdicts
+    if not old:
+        because = [f"{k}: the log's own reason for {k}" for k, v in all_verdicts.items() if v != "PASS"]
+        compliance |= {"record": not because, "not_record_because": because}
     lines = [
         "logging to logs/run.txt",
-        f"source train_gpt.py sha256:{sha} bytes:{len(SCRIPT_BYTES)}",
+        f"source train_gpt.py sha256:{sha} bytes:{code_bytes}",
         "versions python:3.11.7 torch:2.13.0+cu128 cuda:12.8",
         "hardware world_size:8 device:cuda gpu:NVIDIA_H100_80GB_HBM3",
         "| NVIDIA-SMI 570.00   Driver Version: 570.00   CUDA Version: 12.8 |",
@@ -68,25 +89,40 @@ def log_text(seed: int, *, bpb: float | None = None, sha: str = SCRIPT_SHA, conf
     ]
     if stop_early:
         lines.append(f"stopping_early: wallclock_cap train_time:{int(train_seconds * 1000)}ms step:7042/20000")
+    lines.append(f"step:7042/20000 val_loss:{(bpb + 0.03) / BPB_PER_NAT:.4f} val_bpb:{bpb + 0.03:.4f} "
+                 f"train_time:{int(train_seconds * 1000)}ms step_avg:84.99ms")
+    if not old:
+        lines += [f"final_prequant val_loss:{(bpb + 0.035) / BPB_PER_NAT:.4f} val_bpb:{bpb + 0.035:.4f} "
+                  "eval_time:12000ms",
+                  f"final_prequant_exact val_loss:{(bpb + 0.035) / BPB_PER_NAT:.8f} val_bpb:{bpb + 0.035:.8f}",
+                  f"export_fit method:gptq k_attn:12.00 k_mlp:12.50 k_embed:14.00 widen:1.000 bytes:{total_bytes} "
+                  "target:16000000 tries:1 seconds:5.2",
+                  f"Packed code size: {code_bytes // 3} bytes"]
+    label = "int6+zstd" if old else f"gptq-{tag}+lzma"
     lines += [
-        f"step:7042/20000 val_loss:{(bpb + 0.03) / BPB_PER_NAT:.4f} val_bpb:{bpb + 0.03:.4f} "
-        f"train_time:{int(train_seconds * 1000)}ms step_avg:84.99ms",
-        f"Serialized model int6+zstd: {total_bytes - len(SCRIPT_BYTES)} bytes",
-        f"Code size: {len(SCRIPT_BYTES)} bytes",
-        f"Total submission size int6+zstd: {total_bytes} bytes",
-        f"final_int6_roundtrip val_loss:{(bpb + 0.04) / BPB_PER_NAT:.4f} val_bpb:{bpb + 0.04:.4f} eval_time:12345ms",
-        f"final_int6_roundtrip_exact val_loss:{(bpb + 0.04) / BPB_PER_NAT:.8f} val_bpb:{bpb + 0.04:.8f}",
-        f"final_int6_sliding_window val_loss:{(bpb + 0.02) / BPB_PER_NAT:.4f} val_bpb:{bpb + 0.02:.4f} stride:64 "
+        f"Serialized model {label}: {total_bytes - code_bytes} bytes",
+        f"Code size: {code_bytes} bytes",
+        f"Total submission size {label}: {total_bytes} bytes",
+        f"final_{tag}_roundtrip val_loss:{(bpb + 0.04) / BPB_PER_NAT:.4f} val_bpb:{bpb + 0.04:.4f} eval_time:12345ms",
+        f"final_{tag}_roundtrip_exact val_loss:{(bpb + 0.04) / BPB_PER_NAT:.8f} val_bpb:{bpb + 0.04:.8f}",
+        f"final_{tag}_sliding_window val_loss:{(bpb + 0.02) / BPB_PER_NAT:.4f} val_bpb:{bpb + 0.02:.4f} stride:64 "
         "eval_time:90000ms",
-        f"final_int6_sliding_window_exact val_loss:{(bpb + 0.02) / BPB_PER_NAT:.8f} val_bpb:{bpb + 0.02:.8f} stride:64",
+        f"final_{tag}_sliding_window_exact val_loss:{(bpb + 0.02) / BPB_PER_NAT:.8f} val_bpb:{bpb + 0.02:.8f} "
+        "stride:64",
+    ]
+    if not old:
+        lines.append("export_cost val_bpb:+0.00500")
+    lines += [
         f"legal_ttt val_loss:{loss:.4f} val_bpb:{bpb:.4f} eval_time:300000ms",
         f"legal_ttt_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}",
-        f"compliance train_time {compliance['verdicts']['train_time']} train_seconds:{train_seconds} limit:600",
-        f"compliance artifact_size {compliance['verdicts']['artifact_size']} bytes:{total_bytes} limit:16000000",
+        f"compliance train_time {all_verdicts['train_time']} train_seconds:{train_seconds} limit:600",
+        f"compliance artifact_size {all_verdicts['artifact_size']} bytes:{total_bytes} limit:16000000",
         "compliance scoring PASS normalized distribution (C1/C2)",
         "compliance_json " + json.dumps(compliance, sort_keys=True),
         "peak memory allocated: 40000 MiB",
     ]
+    if not old:
+        lines.append(f"result val_bpb:{bpb:.8f} (score-first, normalized) log:logs/run.txt artifact:logs/run.ptz")
     return "\n".join(line for line in lines if line.split()[0] not in drop) + "\n"
 
 
@@ -200,7 +236,9 @@ def test_three_seed_record_folder(env):
     assert (sub["pytorch_version"], sub["cuda_version"]) == ("2.13.0+cu128", "12.8")
     assert sub["compliance"] == {"no_hashed_ngram_cache": True, "score_first_ttt": True, "three_seeds": True,
                                  "train_under_600s": True, "eval_under_600s": True, "artifact_under_16mb": True,
-                                 "no_train_data_at_eval": True}
+                                 "no_train_data_at_eval": True, "eight_h100": True, "train_clock_capped": True,
+                                 "full_validation": True, "challenge_fineweb": True, "no_val_in_train": True}
+    assert sub["quantization"] == "int6"
     assert "significance" not in sub
     assert "11L 512d" in sub["technique_summary"] and "multi n-gram mixer" in sub["technique_summary"]
 
@@ -209,9 +247,18 @@ def test_three_seed_record_folder(env):
     assert "| 42 | 1.10120000 | " in readme and "| 15900042 | 598.50 | 412.25 | 7042 | 84.99 |" in readme
     assert f"| **mean** | {sub['val_bpb']:.8f} |" in readme
     command = readme.split("```bash\n")[1].split("```")[0]
-    assert command == ("for SEED in 1337 42 2025; do\n  DATA_PATH='/data/my shards' \\\n  MATRIX_LR=0.03 \\\n"
-                       "  NGRAM_ENT_CENTER=4.0,3.5 \\\n  SEED=$SEED \\\n"
+    # DATA_PATH=/data/my shards was outside the repository: the command names the repository's data folder of
+    # that name, and a note says where the runs read it
+    assert command == ("for SEED in 1337 42 2025; do\n  DATA_PATH='./data/datasets/my shards' \\\n"
+                       "  MATRIX_LR=0.03 \\\n  NGRAM_ENT_CENTER=4.0,3.5 \\\n  SEED=$SEED \\\n"
                        "  torchrun --standalone --nproc_per_node=8 train_gpt.py\ndone\n")
+    assert ("The runs read DATA_PATH=/data/my shards, outside the repository (fineweb verified: 80 files); the "
+            "command uses ./data/datasets/my shards") in readme
+    assert "| seed | pre-quantization | int6 round-trip | export cost | int6 sliding window |" in readme
+    assert "| 42 | 1.13620000 | 1.14120000 | +0.00500 | 1.12120000 | 1.10120000 |" in readme
+    assert "Every record check passed for every seed." in readme and "not a record" not in readme.lower()
+    assert "| 42 | 8xNVIDIA_H100_80GB_HBM3 | 600 | 62021845 / 62021845 | fineweb verified: 80 files | 0 | yes |" \
+        in readme
     assert "compliance artifact_size PASS bytes:15900337 limit:16000000" in readme  # verbatim block
     assert "compliance_json" not in readme.split("## Compliance")[1].split("## Environment")[0]
     assert "11 layers, width 512" in readme and "test-time training: 1 epoch(s) of sgd" in readme
@@ -300,16 +347,17 @@ def test_refuses_log_without_final_line(env, dropped):
 
 def test_refuses_failed_compliance_without_non_record(env):
     logs = [env.write(1337), env.write(42, verdicts={"train_time": "FAIL"}, train_seconds=612.0)]
-    with pytest.raises(mr.RecordError, match=r"compliance failed: seed 42: train_time FAIL "
-                                             r"\(train_seconds 612\.0 <= 600 is false\).*--non-record"):
+    with pytest.raises(mr.RecordError) as e:
         env.build(logs)
+    assert str(e.value) == ("not a record: train_time (seed 42): trained 612.0 s, over the 600 s limit; pass "
+                            "--non-record to file it as a non-record submission")
     assert not env.out.exists()
 
 
 def test_recheck_catches_a_pass_verdict_on_an_oversized_artifact(env):
     logs = [env.write(1337, total_bytes=16_000_001), env.write(42)]
-    with pytest.raises(mr.RecordError, match=r"seed 1337: artifact_size PASS \(artifact_bytes 16000338 and "
-                                             r"Total submission size 16000338 <= 16000000 is false\)"):
+    with pytest.raises(mr.RecordError, match=r"not a record: artifact_size \(seed 1337\): 16000338 bytes, over "
+                                             r"the 16000000-byte limit \(though the log says PASS\)"):
         env.build(logs)
 
 
@@ -321,7 +369,8 @@ def test_non_record_accepts_failed_compliance(env):
     assert sub["track"] == "track_non_record_16mb"
     assert sub["compliance"]["no_hashed_ngram_cache"] is False and sub["compliance"]["train_under_600s"] is True
     readme = (folder / "README.md").read_text()
-    assert "**Non-record submission**: it fails the compliance checks: seed 1337: scoring FAIL" in readme
+    assert ("**Non-record submission**: it is not a record because\n\n- scoring: scoring hashed_target, not a "
+            "normalized distribution over the vocabulary (C1/C2)\n") in readme
     assert "NGRAM_SCORING=hashed_target" in readme
     with pytest.raises(mr.RecordError, match="--non-record contradicts --track track_10min_16mb"):
         env.build(logs, non_record=True, track="track_10min_16mb")
@@ -379,6 +428,243 @@ def test_cli_refusal_is_one_line_exit_2_and_success_exit_0(env):
     assert ok.returncode == 0, ok.stderr
     assert "wrote " in ok.stdout and "significance: delta" in ok.stdout
     assert (env.out / "track_10min_16mb" / "2026-11-22_Cli" / "submission.json").is_file()
+    cpu = [str(env.write(s, name=f"cpu_{s}.txt", record={"hardware": "1xcpu"})) for s in (1, 2)]
+    bad = subprocess.run(base + ["--name", "Cpu"] + cpu, capture_output=True, text=True)  # the last --name wins
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert bad.stderr == ("make_record: error: not a record: hardware: ran on 1xcpu, a record needs 8xH100; pass "
+                          "--non-record to file it as a non-record submission\n")
+    ok = subprocess.run(base + ["--name", "Cpu", "--non-record"] + cpu, capture_output=True, text=True)
+    assert ok.returncode == 0 and (env.out / "track_non_record_16mb" / "2026-11-22_Cpu").is_dir(), ok.stderr
+    script, logs = packer_logs(env, PACKER_SCRIPT)
+    ok = subprocess.run([sys.executable, str(TOOL), "--name", "Packed", "--out-root", str(env.out), "--script",
+                         str(script), "--packed", "--date", "2026-11-22", str(logs[0])], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    packed = (env.out / "track_10min_16mb" / "2026-11-22_Packed" / "train_gpt.py").read_bytes()
+    assert packed.startswith(b"#!/usr/bin/env python3\n# train_gpt.py packed")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bit widths, the record checks, the portable command, requirements.txt and the packed script
+# ----------------------------------------------------------------------------------------------------------------
+
+REPO = TOOL.parent.parent
+EXAMPLE = REPO / "records" / "track_non_record_16mb" / "2026-11-22_smoke_sample_cpu"
+
+
+@pytest.mark.parametrize("tag", ["int5", "int6", "int5-6"])
+def test_record_at_any_bit_width(env, tag):
+    folder = env.build([env.write(s, tag=tag) for s in SEED_BPB])
+    assert folder.parent.name == "track_10min_16mb"
+    sub = json.loads((folder / "submission.json").read_text())
+    assert sub["quantization"] == tag and f"gptq-{tag}+lzma export" in sub["technique_summary"]
+    readme = (folder / "README.md").read_text()
+    assert f"| seed | pre-quantization | {tag} round-trip | export cost | {tag} sliding window |" in readme
+    assert f"| 1337 | 1.13500000 | 1.14000000 | +0.00500 | 1.12000000 | 1.10000000 |" in readme
+    assert f"Weights exported as {tag}." in readme and f"`final_{tag}_roundtrip_exact val_loss:" in readme
+    assert "- seed 42: method gptq, k_attn 12.00, k_mlp 12.50" in readme  # the export_fit line
+
+
+def test_refuses_two_quantization_tags(env):
+    path = env.write(42)
+    path.write_text(path.read_text() + "final_int5_roundtrip_exact val_loss:1.9 val_bpb:1.12\n")
+    with pytest.raises(mr.RecordError, match=r"run_42\.txt: has final_ lines of 2 quantization tags \(int6, int5\)"):
+        env.build([path])
+    with pytest.raises(mr.RecordError, match=r"logs disagree on the quantization: .*run_1337\.txt exported int5 but "
+                                             r".*run_2025\.txt exported int6"):
+        env.build([env.write(1337, tag="int5"), env.write(2025)])
+
+
+def test_record_track_refused_naming_every_failed_check(env):
+    cpu_run = {"hardware": "1xcpu", "world_size": 1, "train_cap_seconds": 0.0, "scored_targets": 16384,
+               "eval_max_tokens": 16384, "data": "not the challenge's FineWeb: sample"}
+    logs = [env.write(s, record=cpu_run) for s in SEED_BPB]
+    with pytest.raises(mr.RecordError) as e:
+        env.build(logs)
+    assert str(e.value) == (
+        "not a record: hardware: ran on 1xcpu, a record needs 8xH100; train_clock: MAX_WALLCLOCK_SECONDS=0 (no cap); "
+        "full_validation: scored 16384 of 62021845 targets (EVAL_MAX_TOKENS=16384); data: not the challenge's "
+        "FineWeb: sample; pass --non-record to file it as a non-record submission")
+    assert not env.out.exists()
+
+    folder = env.build(logs, non_record=True)
+    assert folder.parent.name == "track_non_record_16mb"
+    flags = json.loads((folder / "submission.json").read_text())["compliance"]
+    assert {k for k, v in flags.items() if not v} == {"eight_h100", "train_clock_capped", "full_validation",
+                                                       "challenge_fineweb"}
+    readme = (folder / "README.md").read_text()
+    assert ("**Non-record submission**: it is not a record because\n\n- hardware: ran on 1xcpu, a record needs "
+            "8xH100\n- train_clock: MAX_WALLCLOCK_SECONDS=0 (no cap)\n- full_validation: scored 16384 of 62021845 "
+            "targets (EVAL_MAX_TOKENS=16384)\n- data: not the challenge's FineWeb: sample\n") in readme
+
+
+def test_recheck_and_log_verdicts_both_count(env):
+    logs = [env.write(1337, record={"hardware": "8xNVIDIA_A100_80GB"}, verdicts={"hardware": "PASS"}),
+            env.write(42, verdicts={"val_overlap": "FAIL", "new_check": "FAIL"}),
+            env.write(2025, record={"val_docs_in_train": None, "export_fit": "no"})]
+    with pytest.raises(mr.RecordError) as e:
+        env.build(logs)
+    reasons = str(e.value).removeprefix("not a record: ").split("; ")
+    assert reasons == [
+        "hardware (seed 1337): ran on 8xNVIDIA_A100_80GB, a record needs 8xH100 (though the log says PASS)",
+        "val_overlap (seed 42): the log's verdict is FAIL: the log's own reason for val_overlap",
+        "new_check (seed 42): the log's verdict is FAIL",
+        "val_overlap (seed 2025): val_docs_in_train unknown (the data's provenance record did not check it)",
+        "export_fit (seed 2025): export_fit no (the export was not fitted to the byte target)",
+        "pass --non-record to file it as a non-record submission"]
+    flags = json.loads((env.build(logs, non_record=True) / "submission.json").read_text())["compliance"]
+    assert flags["eight_h100"] is False and flags["no_val_in_train"] is False and flags["full_validation"] is True
+
+
+def test_old_log_is_refused_as_record_but_accepted_as_non_record(env):
+    logs = [env.write(s, old=True) for s in SEED_BPB]
+    with pytest.raises(mr.RecordError, match=r"^not a record: compliance_json: lacks hardware, world_size, .*"
+                                             r"\(a log from before the record checks\); rerun with the current "
+                                             r"train_gpt\.py; pass --non-record"):
+        env.build(logs)
+    folder = env.build(logs, non_record=True)
+    flags = json.loads((folder / "submission.json").read_text())["compliance"]
+    assert flags["train_under_600s"] and flags["artifact_under_16mb"]
+    assert not any(flags[k] for k in ("eight_h100", "train_clock_capped", "full_validation", "challenge_fineweb",
+                                      "no_val_in_train"))
+    readme = (folder / "README.md").read_text()
+    assert "it is not a record because\n\n- compliance_json: lacks hardware" in readme
+    assert "| seed | int6 round-trip | int6 sliding window | final (score-first mixer/TTT) |" in readme
+
+
+def test_example_folder_logs_stay_a_valid_non_record(env):
+    logs, script = sorted(EXAMPLE.glob("train_seed*.log")), EXAMPLE / "train_gpt.py"
+    with pytest.raises(mr.RecordError, match="not a record: compliance_json: lacks hardware"):
+        env.build(logs, script=script)
+    folder = env.build(logs, script=script, non_record=True)
+    sub, example = (json.loads((f / "submission.json").read_text()) for f in (folder, EXAMPLE))
+    for key in ("val_bpb", "val_loss", "val_bpb_std", "bytes_total", "bytes_code", "seeds", "seed_results"):
+        assert sub[key] == example[key], key
+    command = (folder / "README.md").read_text().split("```bash\n")[1].split("```")[0]
+    assert "DATA_PATH=./data/datasets/sample_sp1024 \\\n" in command and "/work/" not in command
+
+
+def test_command_paths_are_relative_to_the_repository(env):
+    repo = env.tmp / "repo"
+    paths = {"DATA_PATH": str(repo / "data" / "datasets" / "fineweb10B_sp4096"),
+             "TOKENIZER_PATH": "/mnt/tok/fineweb_4096_bpe.model"}
+    folder = env.build([env.write(s, config=paths) for s in SEED_BPB], repo_root=repo)
+    readme = (folder / "README.md").read_text()
+    command = readme.split("```bash\n")[1].split("```")[0]
+    assert "  DATA_PATH=./data/datasets/fineweb10B_sp4096 \\\n" in command  # inside the repository: made relative
+    assert "  TOKENIZER_PATH=./data/tokenizers/fineweb_4096_bpe.model \\\n" in command  # outside: the default place
+    assert str(env.tmp) not in command and "/mnt" not in command
+    assert ("The runs read TOKENIZER_PATH=/mnt/tok/fineweb_4096_bpe.model, outside the repository; the command uses "
+            "./data/tokenizers/fineweb_4096_bpe.model") in readme
+    assert "The runs read DATA_PATH" not in readme
+    # an outside folder named like the default dataset is the default: no variable, but the note says where it was
+    folder = env.build([env.write(1, config={"DATA_PATH": "/scratch/fineweb10B_sp1024/"})], force=True)
+    readme = (folder / "README.md").read_text()
+    assert "DATA_PATH" not in readme.split("```bash\n")[1].split("```")[0]
+    assert "The runs read DATA_PATH=/scratch/fineweb10B_sp1024/, outside the repository (fineweb verified: 80 " \
+           "files); the command uses ./data/datasets/fineweb10B_sp1024" in readme
+
+
+def test_requirements_file_lists_what_the_script_needs_beyond_torch_and_numpy(env):
+    req = env.tmp / "requirements.txt"
+    req.write_text("# CPU: pip install torch first\ntorch>=2.5\nnumpy\nsentencepiece\nzstandard  # compression\n\n"
+                   "brotli>=1.1\n# Optional: matplotlib\n")
+    folder = env.build(three_logs(env), requirements=req)
+    assert (folder / "requirements.txt").read_text() == "sentencepiece\nzstandard\nbrotli>=1.1\n"
+    assert "pip install -r requirements.txt` (sentencepiece, zstandard, brotli>=1.1)" in (folder / "README.md").read_text()
+    req.write_text("torch\nnumpy\n")
+    folder = env.build(three_logs(env), requirements=req, force=True)
+    assert not (folder / "requirements.txt").exists()
+    assert "requirements.txt" not in (folder / "README.md").read_text()
+    folder = env.build(three_logs(env), force=True)  # default: the repository's requirements.txt
+    lines = (folder / "requirements.txt").read_text().splitlines()
+    assert "sentencepiece" in lines and not [x for x in lines if x.startswith(("torch", "numpy", "#"))]
+
+
+# A stand-in train_gpt.py with the packing functions of contract section 4 (lzma + base85, self-extracting).
+PACKER_SCRIPT = b'''import base64, lzma
+PACKED_MARKER = b"#!/usr/bin/env python3\\n# train_gpt.py packed"
+
+
+def pack_source(source):
+    blob = base64.b85encode(lzma.compress(source))
+    return (PACKED_MARKER + b"\\nimport base64,lzma\\nexec(compile(lzma.decompress(base64.b85decode(b'" + blob
+            + b"')),__file__,'exec'))\\n")
+
+
+def unpack_source(data):
+    if not data.startswith(PACKED_MARKER):
+        return data
+    return lzma.decompress(base64.b85decode(data.split(b"b85decode(b'", 1)[1].split(b"'", 1)[0]))
+
+
+if __name__ == "__main__":
+    print("training as", __file__.rsplit("/", 1)[-1])
+''' + b"# the rest of a long training script\n" * 200
+
+
+def packer_logs(env, script_bytes: bytes) -> tuple[Path, list[Path]]:
+    script = env.tmp / "ran" / "train_gpt.py"
+    script.parent.mkdir(exist_ok=True)
+    script.write_bytes(script_bytes)
+    sha = hashlib.sha256(script_bytes).hexdigest()
+    return script, [env.write(s, sha=sha, code_bytes=len(script_bytes)) for s in SEED_BPB]
+
+
+def test_packed_script_replaces_the_source_and_counts_its_bytes(env):
+    script, logs = packer_logs(env, PACKER_SCRIPT)
+    folder = env.build(logs, script=script, packed=True)
+    packed = (folder / "train_gpt.py").read_bytes()
+    ns: dict = {}
+    exec(PACKER_SCRIPT, ns)
+    assert packed.startswith(ns["PACKED_MARKER"]) and ns["unpack_source"](packed) == PACKER_SCRIPT
+    assert len(packed) < len(PACKER_SCRIPT)
+    ran = subprocess.run([sys.executable, str(folder / "train_gpt.py")], capture_output=True, text=True)
+    assert ran.stdout == "training as train_gpt.py\n", ran.stderr  # the packed file runs the script
+    sub = json.loads((folder / "submission.json").read_text())
+    assert sub["bytes_code"] == len(packed) and sub["bytes_code_unpacked"] == len(PACKER_SCRIPT)
+    for seed in SEED_BPB:
+        model_bytes = 15_900_000 + seed % 1000 - len(PACKER_SCRIPT)
+        assert sub["seed_results"][str(seed)]["artifact_bytes"] == model_bytes + len(packed)
+    assert sub["bytes_total"] == 15_900_000 + 337 - len(PACKER_SCRIPT) + len(packed)
+    readme = (folder / "README.md").read_text()
+    assert "is the **packed** form of the script that ran" in readme
+    assert hashlib.sha256(packed).hexdigest() in readme and hashlib.sha256(PACKER_SCRIPT).hexdigest() in readme
+    assert any("logged `Packed code size:" in m for m in env.messages)  # the synthetic logs state another size
+
+
+def test_packed_script_that_ran_packed_is_copied_unchanged(env):
+    ns: dict = {}
+    exec(PACKER_SCRIPT, ns)
+    already = ns["pack_source"](PACKER_SCRIPT)
+    script, logs = packer_logs(env, already)
+    folder = env.build(logs, script=script, packed=True)
+    assert (folder / "train_gpt.py").read_bytes() == already
+    sub = json.loads((folder / "submission.json").read_text())
+    assert sub["bytes_code"] == len(already) and sub["bytes_code_unpacked"] == len(PACKER_SCRIPT)
+    assert "which was already packed" in (folder / "README.md").read_text()
+
+
+def test_packed_refuses_a_script_that_cannot_pack_itself(env):
+    with pytest.raises(mr.RecordError, match=r"--packed: --script .* has no pack_source, unpack_source, "
+                                             r"PACKED_MARKER"):
+        env.build(three_logs(env), packed=True)
+    broken = PACKER_SCRIPT + b"_unpack = unpack_source\nunpack_source = lambda data: _unpack(data)[:-1]\n"
+    script, logs = packer_logs(env, broken)
+    with pytest.raises(mr.RecordError, match=r"unpack_source\(pack_source\(script\)\) is not the script that ran"):
+        env.build(logs, script=script, packed=True)
+    assert not env.out.exists()
+
+
+def test_packed_with_the_repository_train_gpt(env):
+    pytest.importorskip("torch")
+    source = (REPO / "train_gpt.py").read_bytes()
+    if b"def pack_source" not in source:
+        pytest.skip("train_gpt.py has no pack_source yet (contract section 4)")
+    script, logs = packer_logs(env, source)  # a copy: the hash the logs name stays fixed
+    folder = env.build(logs[:1], script=script, packed=True)
+    packed = (folder / "train_gpt.py").read_bytes()
+    assert mr.load_packer(script).unpack_source(packed) == source and len(packed) < len(source) / 2
+    assert json.loads((folder / "submission.json").read_text())["bytes_code"] == len(packed)
 
 
 # ----------------------------------------------------------------------------------------------------------------
