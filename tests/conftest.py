@@ -9,26 +9,33 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
+import train_gpt as tg  # noqa: E402
+
+
+def sample_paths() -> tuple[Path, Path]:
+    return ROOT / "data/datasets/sample_sp1024", ROOT / "data/tokenizers/sample_1024_bpe.model"
 
 
 @pytest.fixture(scope="session")
 def sample_data() -> tuple[Path, Path]:
     """(DATA_PATH, TOKENIZER_PATH) of the sample that PRESET=smoke uses; built once if missing."""
-    data, tok = ROOT / "data/datasets/sample_sp1024", ROOT / "data/tokenizers/sample_1024_bpe.model"
+    data, tok = sample_paths()
     if not (tok.exists() and list(data.glob("fineweb_val_*.bin"))):
         subprocess.run([sys.executable, str(ROOT / "data/prepare.py"), "sample"], check=True, cwd=ROOT)
     return data, tok
 
 
-def run_train(tmp_path: Path, env: dict, nproc: int = 0, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run train_gpt.py in tmp_path (so logs/ lands there): plain python, or torchrun with nproc processes."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NGRAM_", "MIXER_", "TTT_", "EVAL_"))}
+def run_train(tmp_path: Path, env: dict, nproc: int = 0, timeout: int = 300, script: Path | None = None,
+              args: list[str] = ()) -> subprocess.CompletedProcess:
+    """Run train_gpt.py (or `script`) in tmp_path (so logs/ lands there): plain python, or torchrun with nproc
+    processes."""
+    clean = {k: v for k, v in os.environ.items() if k not in tg.KNOB_BY_ENV}
     full_env = clean | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"} | {k: str(v) for k, v in env.items()}
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     else:
         cmd = [sys.executable]
-    return subprocess.run(cmd + [str(ROOT / "train_gpt.py")], cwd=tmp_path, env=full_env, capture_output=True,
+    return subprocess.run(cmd + [str(script or ROOT / "train_gpt.py"), *args], cwd=tmp_path, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 
 

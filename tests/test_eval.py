@@ -115,17 +115,40 @@ def test_ttt_changes_only_what_it_should(optimizer, params, freeze):
         assert {"blocks.1.attn.q.weight", "blocks.1.mlp.fc.weight", "tok_emb.weight"} <= changed
 
 
-def test_compliance_verdicts_flip_at_each_limit():
-    ok = tg.load_hyperparameters({})
-    r = tg.compliance_report(ok, 599.0, 599.0, 16_000_000)
-    assert set(r["verdicts"].values()) == {"PASS"}
-    r = tg.compliance_report(ok, 601.0, 600.5, 16_000_001)
+def record_report(monkeypatch, env=None, train_s=599.0, eval_s=599.0, model_bytes=15_000_000, world=8,
+                  gpu="NVIDIA_H100_80GB_HBM3", data=("fineweb verified: 81 files", True, 0), scored=62_000_000):
+    a = tg.load_hyperparameters(env or {})
+    monkeypatch.setattr(tg, "device_name", lambda rt: gpu)
+    rt = tg.Runtime(0, world, 0, torch.device("cpu"), lambda m, console=True: None, "t")
+    code = tg.code_sizes()[0]
+    evaluation = dict(eval_seconds=eval_s, scored_targets=scored, a=a)
+    return tg.compliance_report(a, rt, train_s, evaluation, model_bytes - code, data, 62_000_000)
+
+
+def test_compliance_verdicts_flip_at_each_limit(monkeypatch):
+    r = record_report(monkeypatch, model_bytes=16_000_000)
+    assert set(r["verdicts"].values()) == {"PASS"} and r["record"] and r["not_record_because"] == []
+    r = record_report(monkeypatch, train_s=601.0, eval_s=600.5, model_bytes=16_000_001)
     assert (r["verdicts"]["train_time"], r["verdicts"]["eval_time"], r["verdicts"]["artifact_size"]) == ("FAIL",) * 3
-    leaky = tg.load_hyperparameters({"NGRAM_SCORING": "hashed_target", "NGRAM_EVAL_PREFILL": "train"})
-    r = tg.compliance_report(leaky, 1.0, 1.0, 1)
-    assert r["verdicts"]["scoring"] == "FAIL" and r["verdicts"]["train_data_at_eval"] == "FAIL"
-    assert r["scoring"] == "hashed_target" and r["train_data_at_eval"] == "yes"
-    assert tg.compliance_report(ok, None, 1.0, 1)["verdicts"]["train_time"] == "SKIP"
+    leaky = record_report(monkeypatch, {"NGRAM_SCORING": "hashed_target", "NGRAM_EVAL_PREFILL": "train"})
+    assert leaky["verdicts"]["scoring"] == "FAIL" and leaky["verdicts"]["train_data_at_eval"] == "FAIL"
+    assert leaky["scoring"] == "hashed_target" and leaky["train_data_at_eval"] == "yes"
+    assert record_report(monkeypatch, train_s=None)["verdicts"]["train_time"] == "SKIP"
+
+
+def test_a_smoke_like_run_is_refused_as_a_record_with_each_reason(monkeypatch):
+    """The review's case: one CPU, the sample data, no wallclock cap and part of the validation split."""
+    r = record_report(monkeypatch, {"MAX_WALLCLOCK_SECONDS": "0", "EVAL_MAX_TOKENS": "16384"}, world=1, gpu="cpu",
+                      data=("not the challenge's FineWeb: sample data", False, 0), scored=16384)
+    assert not r["record"]
+    reasons = " | ".join(r["not_record_because"])
+    for fragment in ("hardware: ran on 1xcpu; a record needs 8xH100", "train_clock: MAX_WALLCLOCK_SECONDS=0",
+                     "full_validation: scored 16384 of the split's 62000000", "data: not the challenge's FineWeb",
+                     "val_overlap"):
+        assert fragment in reasons
+    assert {k for k, v in r["verdicts"].items() if v != "PASS"} == {"hardware", "train_clock", "full_validation",
+                                                                    "data", "val_overlap"}
+    assert not record_report(monkeypatch, world=8, gpu="NVIDIA_A100")["record"]
 
 
 @pytest.mark.parametrize("head", ["entropy", "multi"])

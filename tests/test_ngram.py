@@ -163,7 +163,8 @@ def test_prefill_equals_per_shard_reference(tmp_path, sizes, max_tokens):
     files, data = write_shards(tmp_path, sizes)
     cache = tg.NgramCache(MAX_ORDER, 1 << 15, V, "normalized", 1, "cpu")
     lines = []
-    total = tg.prefill_ngram_cache(cache, files, max_tokens, V, 0, 1, "cpu", lines.append, block_tokens=1000)
+    total = tg.prefill_ngram_cache(cache, files, max_tokens, V, tg.Runtime(0, 1, 0, torch.device("cpu"), lines.append, "t"),
+                                   block_tokens=1000)
     expected_total = min(sum(sizes), max_tokens) if max_tokens else sum(sizes)
     assert total == expected_total and lines
     stream = np.concatenate(data)  # query every position of the full data, cut-off tokens and shard seams included

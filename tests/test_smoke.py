@@ -3,9 +3,11 @@ re-evaluation of the exported artifact in a fresh process, and multi-rank evalua
 import json
 import re
 
+import numpy as np
+
 import pytest
 
-from conftest import log_value, run_train
+from conftest import ROOT, log_value, run_train
 
 FINAL_LINES = ("final_int6_roundtrip_exact", "final_int6_sliding_window_exact", "legal_ttt_exact",
                "Total submission size", "compliance_json")
@@ -34,21 +36,58 @@ def test_torchrun_one_rank_runs_every_stage(one_rank_run):
     assert float(log_value(out, "ngram_audit", "max_abs_sum_err")) <= 1e-5
     assert log_value(out, "ngram_audit", "target_independent") == "yes"
     report = json.loads((tmp / "logs/r1.compliance.json").read_text())
-    assert set(report["verdicts"].values()) == {"PASS"} and report["scoring"] == "normalized"
-    assert re.search(r"^step:30/30 train_loss:\S+ train_time:\d+ms step_avg:\S+ms$", out, re.M)
+    assert report["scoring"] == "normalized" and report["verdicts"]["artifact_size"] == "PASS"
+    assert not report["record"] and "compliance_verdict record:no because: hardware: ran on 1xcpu" in out
+    assert {k for k, v in report["verdicts"].items() if v != "PASS"} == {"hardware", "train_clock", "full_validation",
+                                                                         "data", "val_overlap"}
+    assert re.search(r"^step:30/30 train_loss:\S+ train_time:\d+ms step_avg:\S+ms lr_mul:0\.\d+$", out, re.M)
+    assert re.search(r"^export_fit method:gptq k_attn:\S+ k_mlp:\S+ k_embed:\S+ widen:\S+ bytes:\d+ target:16000000 "
+                     r"tries:\d+ seconds:\S+$", out, re.M)
+    assert float(log_value(out, "export_cost", "val_bpb")) == pytest.approx(
+        float(log_value(out, "final_int6_roundtrip_exact", "val_bpb")) - float(log_value(out, "final_prequant_exact",
+                                                                                        "val_bpb")), abs=2e-5)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("result val_bpb:") and last.endswith("log:logs/r1.txt artifact:logs/r1.ptz")
+    assert "config_changed {" in out and "\nconfig {" not in out  # the full config stays in the log file
     log = (tmp / "logs/r1.txt").read_text()
-    assert log.startswith("source train_gpt.py sha256:") and "legal_ttt_exact" in log
+    assert log.startswith("source train_gpt.py sha256:") and "legal_ttt_exact" in log and "\nconfig {" in log
     assert int(log_value(out, "eval_scored label:legal_ttt", "targets")) == int(
         log_value(out, "eval_scored label:legal_ttt", "expected"))
 
 
 def test_artifact_reevaluated_in_fresh_process_reproduces_exactly(one_rank_run):
+    """LOAD_ARTIFACT without PRESET: the evaluation settings come from the artifact, the rest from the user."""
     tmp, proc = one_rank_run
-    again = run_train(tmp, {"PRESET": "smoke", "RUN_ID": "r1_eval", "LOAD_ARTIFACT": "logs/r1.ptz"})
+    from conftest import sample_paths
+    data, tok = sample_paths()
+    again = run_train(tmp, {"RUN_ID": "r1_eval", "LOAD_ARTIFACT": "logs/r1.ptz", "DATA_PATH": str(data),
+                            "TOKENIZER_PATH": str(tok)})
     assert_finished(again)
     for name in ("final_int6_roundtrip_exact", "final_int6_sliding_window_exact", "legal_ttt_exact"):
         assert exact_line(again, name) == exact_line(proc, name)
     assert log_value(again.stdout, "compliance", "train_time") == "n/a"
+    assert "artifact_settings from_artifact:" in again.stdout and "overridden:{}" in again.stdout
+    other = run_train(tmp, {"RUN_ID": "r1_eval_ttt0", "LOAD_ARTIFACT": "logs/r1.ptz", "DATA_PATH": str(data),
+                            "TOKENIZER_PATH": str(tok), "TTT_EPOCHS": "0", "EVAL_MAX_TOKENS": "8192"})
+    assert_finished(other)
+    assert 'overridden:{"EVAL_MAX_TOKENS": 8192, "TTT_EPOCHS": 0}' in other.stdout
+
+
+def test_packed_script_behaves_identically_and_counts_its_own_bytes(one_rank_run, tmp_path):
+    import train_gpt as tg
+    tmp, proc = one_rank_run
+    packed = tmp_path / "train_gpt.py"
+    packed.write_bytes(tg.pack_source((ROOT / "train_gpt.py").read_bytes()))
+    from conftest import sample_paths
+    data, tok = sample_paths()  # the preset finds the sample beside the script; this copy lives elsewhere
+    again = run_train(tmp_path, {"PRESET": "smoke", "RUN_ID": "packed", "DATA_PATH": str(data),
+                                 "TOKENIZER_PATH": str(tok)}, script=packed)
+    assert_finished(again)
+    for name in ("final_prequant_exact", "final_int6_roundtrip_exact", "legal_ttt_exact"):
+        assert exact_line(again, name) == exact_line(proc, name)
+    size = packed.stat().st_size
+    assert f"Code size: {size} bytes" in again.stdout and f"Packed code size: {size} bytes" in again.stdout
+    assert f"Packed code size: {size} bytes" in proc.stdout  # the raw run announced the same packed size
 
 
 def test_two_rank_evaluation_equals_one_rank(one_rank_run):
@@ -118,3 +157,25 @@ def test_record_folder_from_real_runs(one_rank_run, sample_data, tmp_path):
     with pytest.raises(make_record.RecordError):  # same seed twice is refused
         make_record.make_record([tmp / "logs/r1.txt", tmp / "logs/r1.txt"], name="dup", out_root=tmp_path,
                                 script=ROOT / "train_gpt.py", non_record=True, warn=lambda msg: None)
+
+
+@pytest.mark.parametrize("argv, env, fragment", [
+    (["--preset", "smoke"], {}, "takes no arguments (got '--preset smoke'); set environment variables, e.g. PRESET=smoke"),
+    ([], {"TOKENIZER_PATH": "TOKENIZER"}, "is not a SentencePiece model"),
+    ([], {"DATA_PATH": "EMPTY_SHARD"}, "empty shard (0 tokens)"),
+])
+def test_user_errors_are_one_line_and_exit_2(sample_data, tmp_path, argv, env, fragment):
+    bad = tmp_path / "not_a_model.model"
+    bad.write_text("hello")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    import shutil
+    import train_gpt as tg
+    for f in sample_data[0].glob("fineweb_*.bin"):
+        shutil.copy(f, shards / f.name)
+    tg.write_shard(shards / "fineweb_train_999999.bin", np.zeros(0, dtype=np.uint16))
+    env = {k: {"TOKENIZER": str(bad), "EMPTY_SHARD": str(shards)}.get(v, v) for k, v in env.items()}
+    proc = run_train(tmp_path, {"PRESET": "smoke", "RUN_ID": "err"} | env, args=argv)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
