@@ -112,7 +112,8 @@ KNOBS: list[tuple[str, list[Knob]]] = [
         Knob("SWA_START_LRMUL", float, 0.2, "LR multiplier below which SWA snapshots start", 0, 1),
     ]),
     ("n-gram mixer", [
-        Knob("MIXER_HEAD", str, "multi", "gate: learned multi-expert, entropy backoff, or none", choices=("multi", "entropy", "none")),
+        Knob("MIXER_HEAD", str, "multi", "learned multi-expert gate, entropy backoff, token tilt, or none",
+             choices=("multi", "entropy", "tilt", "none")),
         Knob("MIXER_LOSS_WEIGHT", float, 0.1, "weight of -log p_mix(target) added to CE", 0, 100),
         Knob("MIXER_NEURAL_FLOOR", float, 0.0, "minimum weight of the neural expert", 0, 1),
         Knob("NGRAM_MAX_ORDER", int, 7, "experts for orders 2..N", 2, 32),
@@ -126,6 +127,9 @@ KNOBS: list[tuple[str, list[Knob]]] = [
         Knob("NGRAM_ENT_RANGE", float, 0.55, "entropy head: alpha range", 0, 1),
         Knob("NGRAM_ENT_SCALE", float, 2.0, "entropy head: sigmoid slope", 0, 100),
         Knob("NGRAM_ENT_CENTER", list, [4.0], "entropy head: center in nats, one or one per order high->low", 0, 100),
+        Knob("NGRAM_TILT_BETA", float, 1.0, "tilt head: log-boost of the hint token before renormalizing", 0, 20),
+        Knob("NGRAM_TILT_CONFIDENCE", float, 0.5, "tilt head: a context's top next token is a hint if its share >= this",
+             0, 1),
         Knob("NGRAM_AUDIT_POSITIONS", int, 256, "positions whose mixture is enumerated over the vocab (0: off)", 0, 10**6),
         Knob("COMPLEMENT_ALPHA", float, 0.0, "down-weight CE where the oracle is confident (0: off)", 0, 1),
         Knob("COMPLEMENT_THRESHOLD", float, 0.3, "oracle probability where down-weighting starts", 0, 0.999),
@@ -261,6 +265,8 @@ def check_knob_relations(a) -> None:
          f"must list 1 or {n_orders} centers (orders {a.ngram_max_order}..2)")
     need(a.ngram_ent_base + a.ngram_ent_range < 1, "NGRAM_ENT_RANGE",
          f"plus NGRAM_ENT_BASE={a.ngram_ent_base} must stay below 1, or the entropy head could zero the network")
+    need(a.mixer_head != "tilt" or a.ngram_scoring == "normalized", "MIXER_HEAD",
+         "tilt needs NGRAM_SCORING=normalized (its hint is a context's most frequent next token, from exact counts)")
     need(a.ttt_freeze_blocks <= a.num_layers, "TTT_FREEZE_BLOCKS", f"must be <= NUM_LAYERS={a.num_layers}")
     need(a.train_batch_tokens % a.train_seq_len == 0, "TRAIN_BATCH_TOKENS",
          f"must be a multiple of TRAIN_SEQ_LEN={a.train_seq_len}")
@@ -1019,10 +1025,12 @@ class NgramCache:
 
     A position t of a history tensor hist [..., T] has context hist[..., t-k+2 .. t] for order k (the k-1 tokens
     ending at t) and predicts the token after it. Keys are -1 where the history is too short for the order.
-    Segment 2o holds order o's (context, token) counts, segment 2o+1 its context counts.
+    Segment 2o holds order o's (context, token) counts, segment 2o+1 its context counts. With hints=True (the tilt
+    head) best[slot of a context] holds (count << vocab_bits | token) of its most frequent next token so far.
     """
 
-    def __init__(self, max_order: int, buckets: int, vocab_size: int, scoring: str, min_count: int, device):
+    def __init__(self, max_order: int, buckets: int, vocab_size: int, scoring: str, min_count: int, device,
+                 hints: bool = False):
         self.orders = list(range(2, max_order + 1))
         self.scoring, self.min_count, self.buckets = scoring, min_count, buckets
         # >= 6 bits: add() packs the segment (< 64) above a context fingerprint, which must stay a positive int64
@@ -1030,11 +1038,14 @@ class NgramCache:
         self.fp_mask = (1 << (63 - self.vocab_bits)) - 1  # fingerprint << vocab_bits | token stays a positive int64
         if scoring == "normalized":
             self.table = CountTable(2 * len(self.orders), buckets, device)
+            self.best = torch.zeros_like(self.table.keys) if hints else None
         else:  # the seeds' direct-mapped counters, indexed by segment * buckets + hash bucket
             self.dense = torch.zeros(2 * len(self.orders) * buckets, dtype=torch.int32, device=device)
 
     def nbytes(self) -> int:
-        return self.table.nbytes() if self.scoring == "normalized" else self.dense.numel() * 4
+        if self.scoring != "normalized":
+            return self.dense.numel() * 4
+        return self.table.nbytes() + (0 if self.best is None else self.best.numel() * 8)
 
     def keys(self, hist: Tensor, nxt: Tensor) -> Tensor:
         """Pair keys [n_orders, *hist.shape] for (context ending at t, token nxt[t]); -1 without enough history."""
@@ -1069,6 +1080,12 @@ class NgramCache:
             packed, pc = unique_sum((k[stored] >> self.vocab_bits) | ((seg[stored] + 1) << (63 - self.vocab_bits)),
                                     c[stored])
             self.table.add(packed & self.fp_mask, pc, packed >> (63 - self.vocab_bits))
+            if self.best is not None:  # counts only grow, so a running max of (count, token) is the argmax
+                k, seg = k[stored], seg[stored]
+                total = self.table.lookup(k, seg).long()
+                ctx_slots = self.table.find(k >> self.vocab_bits, seg + 1)
+                self.best.scatter_reduce_(0, ctx_slots, (total << self.vocab_bits) | (k & ((1 << self.vocab_bits) - 1)),
+                                          "amax")
         else:
             base = seg * self.buckets
             self.dense.index_add_(0, base + k // self.buckets, c.to(torch.int32))
@@ -1096,9 +1113,25 @@ class NgramCache:
         valid = (keys.reshape(n_orders, -1) >= 0) & (c >= self.min_count)
         return p.view(shape), valid.view(shape)
 
+    def hint(self, keys: Tensor, confidence: float) -> Tensor:
+        """The tilt head's hint per position, -1 where none: the most frequent next token of the highest order whose
+        context count is >= min_count and whose top token has a count share >= confidence. keys: pair keys
+        [n_orders, n] of any target (only their context part is read), so the hint never depends on the target."""
+        n_orders = len(self.orders)
+        ctx = keys.clamp_min(0) >> self.vocab_bits
+        seg = (2 * torch.arange(n_orders, device=keys.device) + 1)[:, None].expand_as(ctx)
+        slots = self.table.find(ctx.reshape(-1), seg.reshape(-1)).view(n_orders, -1)
+        count = torch.where(slots >= 0, self.table.counts[slots.clamp_min(0)], 0).long()
+        best = torch.where(slots >= 0, self.best[slots.clamp_min(0)], 0)
+        ok = (keys >= 0) & (count >= self.min_count) & ((best >> self.vocab_bits) >= confidence * count.clamp_min(1))
+        top = torch.where(ok.any(0), n_orders - 1 - ok.flip(0).int().argmax(0), 0)
+        token = (best & ((1 << self.vocab_bits) - 1)).gather(0, top[None]).squeeze(0)
+        return torch.where(ok.any(0), token, -1)
+
     def clone(self) -> "NgramCache":
         new = copy.copy(self)
         if self.scoring == "normalized":
+            new.best = None if self.best is None else self.best.clone()
             new.table = copy.copy(self.table)
             new.table.keys, new.table.counts, new.table.used = (t.clone() for t in (self.table.keys, self.table.counts,
                                                                                    self.table.used))
@@ -1210,12 +1243,15 @@ class MixerConfig:
     ent_range: float
     ent_scale: float
     ent_centers: tuple[float, ...]  # one per order, index 0 = order 2
+    tilt_beta: float = 1.0
+    tilt_confidence: float = 0.5
 
     @classmethod
     def from_args(cls, a) -> "MixerConfig":
         centers = a.ngram_ent_center * (a.ngram_max_order - 1) if len(a.ngram_ent_center) == 1 else a.ngram_ent_center
         return cls(a.mixer_head, a.mixer_neural_floor, a.ngram_ent_base, a.ngram_ent_range, a.ngram_ent_scale,
-                   tuple(reversed(centers)))  # NGRAM_ENT_CENTER lists orders high -> low, as the seeds wrote it
+                   tuple(reversed(centers)),  # NGRAM_ENT_CENTER lists orders high -> low, as the seeds wrote it
+                   a.ngram_tilt_beta, a.ngram_tilt_confidence)
 
 
 def mixture_log_weights(m: MixerConfig, gate_logits: Tensor | None, valid: Tensor, neural_logp: Tensor | None) -> Tensor:
@@ -1262,6 +1298,12 @@ def mixed_nll(m: MixerConfig, logits: Tensor, gate_logits: Tensor | None, cache:
     logp_target = neural_logp.gather(1, targets[:, None]).squeeze(1)
     if cache is None or m.head == "none":
         return -logp_target, torch.zeros(1, logp_target.numel(), device=logits.device)
+    if m.head == "tilt":  # p'(v) = p(v) e^(beta [v = h]) / Z, Z = 1 + p(h) (e^beta - 1): the accepted token tilt
+        hint = cache.hint(target_keys(cache, tokens, idx, targets), m.tilt_confidence)
+        beta = torch.where(hint >= 0, m.tilt_beta, 0.0)
+        log_z = torch.log1p(neural_logp.gather(1, hint.clamp_min(0)[:, None]).squeeze(1).exp() * torch.expm1(beta))
+        # the "weights" the audit compares across targets: the hint and the normalizer
+        return log_z - logp_target - beta * (targets == hint), torch.stack([hint.float(), log_z])
     p, valid = cache.expert_probs(target_keys(cache, tokens, idx, targets))
     log_w = mixture_log_weights(m, gate_logits, valid, neural_logp)
     return -mixture_log_prob(log_w, logp_target, p), log_w
@@ -1331,7 +1373,8 @@ def needs_oracle(a) -> bool:
 
 
 def new_cache(a, device) -> NgramCache:
-    return NgramCache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device)
+    return NgramCache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device,
+                      hints=a.mixer_head == "tilt")
 
 
 class RandomTokens:

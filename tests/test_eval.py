@@ -56,7 +56,7 @@ def test_every_target_is_scored_exactly_once_and_counted():
     assert res.val_loss == pytest.approx(per_pos[1:].mean().item(), rel=1e-9)
 
 
-@pytest.mark.parametrize("head", ["multi", "entropy"])
+@pytest.mark.parametrize("head", ["multi", "entropy", "tilt"])
 def test_score_first_perturbing_the_future_changes_no_earlier_loss(head):
     """C1/C3: losses at or before p must not depend on tokens after p, across chunk boundaries, with the n-gram
     cache and TTT on (TTT with a large LR so that any leak would show)."""
@@ -151,9 +151,9 @@ def test_a_smoke_like_run_is_refused_as_a_record_with_each_reason(monkeypatch):
     assert not record_report(monkeypatch, world=8, gpu="NVIDIA_A100")["record"]
 
 
-@pytest.mark.parametrize("head", ["entropy", "multi"])
+@pytest.mark.parametrize("head", ["entropy", "multi", "tilt"])
 def test_audit_passes_for_normalized_and_exposes_hashed_target(head):
-    for scoring, expect_ok in [("normalized", True), ("hashed_target", False)]:
+    for scoring, expect_ok in [("normalized", True)] + ([("hashed_target", False)] if head != "tilt" else []):
         ev, a = make_evaluator({"NGRAM_SCORING": scoring, "NGRAM_BUCKETS": "256", "NGRAM_MIN_COUNT": "1",
                                 "TTT_EPOCHS": "0", "MIXER_HEAD": head}, n_tokens=1500)
         res = tg.evaluate(ev, "t", 32, 500, tg.new_cache(a, "cpu"), audit=[3, 40, 700, 701, 1200, 1490])

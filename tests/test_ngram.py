@@ -90,7 +90,7 @@ def assert_matches_reference(cache: tg.NgramCache, keys, rn, rc, hist, exact: bo
 
 def filled_cache(stream: np.ndarray, buckets: int = 1 << 15, scoring: str = "normalized", min_count: int = 1,
                  max_order: int = MAX_ORDER, vocab: int = V, batches: int = 3, fp_mask: int | None = None):
-    cache = tg.NgramCache(max_order, buckets, vocab, scoring, min_count, "cpu")
+    cache = tg.NgramCache(max_order, buckets, vocab, scoring, min_count, "cpu", hints=scoring == "normalized")
     if fp_mask is not None:
         cache.fp_mask = fp_mask
     t = torch.from_numpy(stream)
@@ -181,7 +181,9 @@ def heads(n_orders: int) -> list[tg.MixerConfig]:
             tg.MixerConfig("multi", 0.3, 0.05, 0.55, 2.0, (4.0,) * n_orders),
             tg.MixerConfig("entropy", 0.0, 0.05, 0.55, 2.0, (1.0,) * n_orders),
             tg.MixerConfig("entropy", 0.0, 0.1, 0.8, 3.0, tuple(np.linspace(1.0, 3.5, n_orders).tolist())),
-            tg.MixerConfig("none", 0.0, 0.05, 0.55, 2.0, (4.0,) * n_orders)]
+            tg.MixerConfig("none", 0.0, 0.05, 0.55, 2.0, (4.0,) * n_orders),
+            tg.MixerConfig("tilt", 0.0, 0.05, 0.55, 2.0, (4.0,) * n_orders, tilt_beta=2.5, tilt_confidence=0.3),
+            tg.MixerConfig("tilt", 0.0, 0.05, 0.55, 2.0, (4.0,) * n_orders, tilt_beta=0.7, tilt_confidence=0.9)]
 
 
 @pytest.mark.parametrize("buckets, fp_mask", [(1 << 15, None), (1 << 15, 7), (16, None), (64, 3)],
@@ -226,6 +228,33 @@ def test_experts_and_mixture_sum_to_one_over_vocabulary(buckets, fp_mask):
                                idx, targets)
         sel = (idx < positions.max())
         assert torch.equal(nll[sel], nll2[sel])
+
+
+def test_tilt_hint_is_the_top_next_token_of_the_highest_confident_order():
+    """Against the dict: the hint is the most frequent next token (ties: the larger id) of the highest order whose
+    context count >= min_count and whose top share >= confidence; none otherwise."""
+    stream = make_stream(4, 3000)
+    cache = filled_cache(stream, min_count=2)
+    pair, ctx = ref_tables([stream], MAX_ORDER)
+    nxt = {}
+    for (c, v), n in pair.items():
+        nxt[c] = max(nxt.get(c, (0, -1)), (n, v))
+    t = torch.from_numpy(stream)
+    positions = torch.arange(0, 3000, 7)
+    for confidence in (0.3, 0.8):
+        got = cache.hint(tg.target_keys(cache, t, positions, torch.zeros_like(positions)), confidence)
+        hinted = 0
+        for j, i in enumerate(positions.tolist()):
+            want = -1
+            for k in range(MAX_ORDER, 1, -1):
+                if i >= k - 1:
+                    c = tuple(stream[i - k + 1:i].tolist())
+                    if ctx[c] >= 2 and nxt[c][0] >= confidence * ctx[c]:
+                        want = nxt[c][1]
+                        break
+            assert got[j].item() == want, (i, confidence)
+            hinted += want >= 0
+        assert 20 < hinted < len(positions)
 
 
 # ---- 3. the seeds' hashed_target rule is not a distribution --------------------------------------------------------

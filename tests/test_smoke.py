@@ -102,6 +102,22 @@ def test_two_rank_evaluation_equals_one_rank(one_rank_run):
         assert b[0] == pytest.approx(a[0], rel=1e-6)
 
 
+def test_tilt_head_two_ranks_equal_one_rank(one_rank_run):
+    """The tilt re-evaluates the multi-head artifact (an explicit MIXER_HEAD overrides the stored one)."""
+    tmp, _ = one_rank_run
+    env = {"PRESET": "smoke", "LOAD_ARTIFACT": "logs/r1.ptz", "MIXER_HEAD": "tilt", "NGRAM_MIN_COUNT": "1",
+           "NGRAM_TILT_BETA": "2"}
+    one = run_train(tmp, env | {"RUN_ID": "tilt1"})
+    two = run_train(tmp, env | {"RUN_ID": "tilt2"}, nproc=2)
+    for proc in (one, two):
+        assert_finished(proc)
+        assert float(log_value(proc.stdout, "ngram_audit", "max_abs_sum_err")) <= 1e-5
+    a, b = (json.loads((tmp / f"logs/{r}.chunks.json").read_text()) for r in ("tilt1", "tilt2"))
+    assert len(a) == len(b) > 1
+    for x, y in zip(a, b):
+        assert y[1:] == x[1:] and y[0] == pytest.approx(x[0], rel=1e-6)
+
+
 def test_same_seed_twice_gives_the_same_result(one_rank_run, sample_data, tmp_path):
     _, proc = one_rank_run
     again = run_train(tmp_path, {"PRESET": "smoke", "RUN_ID": "r2"})
