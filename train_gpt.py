@@ -14,6 +14,7 @@ quantization/export -> evaluation -> main. Line budget: this file stays under 2,
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -25,6 +26,7 @@ import lzma
 import math
 import os
 import platform
+import queue
 import subprocess
 import sys
 import threading
@@ -809,24 +811,27 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 def newton_schulz_orthogonalize(g: Tensor, steps: int) -> Tensor:
-    """Approximate U V^T of g's SVD with the quintic iteration tuned for speed (singular values land in ~[0.7, 1.2])."""
+    """Approximate U V^T of the SVD of each matrix in g ([m, n] or a batch [B, m, n]) with the quintic iteration
+    tuned for speed (singular values land in ~[0.7, 1.2]); bf16 on GPU."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.bfloat16() if g.is_cuda else g.float()
-    x = x / (x.norm() + 1e-7)
-    tall = x.size(0) > x.size(1)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
+        x = x.mT
     for _ in range(steps):
-        s = x @ x.T
+        s = x @ x.mT
         x = a * x + (b * s + c * s @ s) @ x
-    return (x.T if tall else x).to(g.dtype)
+    return (x.mT if tall else x).to(g.dtype)
 
 
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum, then Newton-Schulz orthogonalization, then decoupled weight decay and the step.
 
-    Call after gradients are averaged across ranks. Matrix i is orthogonalized by rank i % world; a flat buffer
-    all-reduce (sum of disjoint pieces) gives every rank every update, so all replicas stay identical.
+    Call after gradients are averaged across ranks. Matrices of one shape are orthogonalized as one batch, split
+    into contiguous per-rank slices (the 11 layers' q, k, v, proj, fc and proj make six batches); each rank fills its
+    slice of the shape's flat buffer and an asynchronous all-reduce (sum of disjoint slices) shares it while the next
+    shape is computed, so every replica applies the same update.
     """
 
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int):
@@ -836,25 +841,29 @@ class Muon(torch.optim.Optimizer):
     def step(self):
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         for group in self.param_groups:
-            params = group["params"]
-            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.float32)
-            offset = 0
-            for i, p in enumerate(params):
-                if i % world == rank and p.grad is not None:
-                    buf = self.state[p].setdefault("momentum", torch.zeros_like(p.grad))
-                    buf.mul_(group["momentum"]).add_(p.grad)
-                    g = p.grad.add(buf, alpha=group["momentum"])
+            shapes: dict[tuple, list[Tensor]] = {}
+            for p in group["params"]:
+                shapes.setdefault(tuple(p.shape), []).append(p)
+            pending = []
+            for shape, params in shapes.items():
+                lo, hi = len(params) * rank // world, len(params) * (rank + 1) // world
+                flat = torch.zeros(len(params), *shape, device=params[0].device, dtype=torch.float32)
+                mine = params[lo:hi]
+                if mine:
+                    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in mine]
+                    bufs = [self.state[p].setdefault("momentum", torch.zeros_like(p)) for p in mine]
+                    torch._foreach_mul_(bufs, group["momentum"])
+                    torch._foreach_add_(bufs, grads)
+                    g = torch.stack(torch._foreach_add(grads, bufs, alpha=group["momentum"]))
                     u = newton_schulz_orthogonalize(g, group["ns_steps"])
-                    u *= max(1.0, p.size(0) / p.size(1)) ** 0.5  # same RMS step for tall and wide matrices
-                    flat[offset:offset + p.numel()] = u.flatten().float()
-                offset += p.numel()
-            if world > 1:
-                dist.all_reduce(flat)
-            offset = 0
-            for p in params:
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
-                offset += p.numel()
+                    flat[lo:hi] = u.float() * max(1.0, shape[0] / shape[1]) ** 0.5  # same RMS step, tall or wide
+                work = dist.all_reduce(flat, async_op=True) if world > 1 else None
+                pending.append((params, flat, work))
+            for params, flat, work in pending:
+                if work is not None:
+                    work.wait()
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+                torch._foreach_add_(params, list(flat.to(params[0].dtype).unbind(0)), alpha=-group["lr"])
 
 
 def optimizer_groups(model: GPT) -> dict[str, list[Tensor]]:
@@ -871,7 +880,8 @@ def build_optimizers(model: GPT, a) -> list[torch.optim.Optimizer]:
     muon = Muon(groups["matrix"], a.matrix_lr, a.muon_momentum_warmup_start, a.muon_wd, a.muon_ns_steps)
     adam = torch.optim.AdamW(
         [dict(params=groups["table"], lr=a.tied_embed_lr, weight_decay=a.adam_wd),
-         dict(params=groups["scalar"], lr=a.scalar_lr, weight_decay=0.0)], betas=(0.9, 0.95), eps=1e-8)
+         dict(params=groups["scalar"], lr=a.scalar_lr, weight_decay=0.0)], betas=(0.9, 0.95), eps=1e-8,
+        fused=groups["table"][0].is_cuda)  # one kernel for all tensors instead of a Python loop
     for opt in (muon, adam):
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
@@ -892,8 +902,8 @@ class WeightAverager:
         if self.ema is None:
             return
         d = min(self.ema_decay, (1 + self.steps) / (10 + self.steps))
-        for k, v in model.state_dict().items():
-            self.ema[k].mul_(d).add_(v.float(), alpha=1 - d)
+        state = model.state_dict()
+        torch._foreach_lerp_([self.ema[k] for k in state], [v.float() for v in state.values()], 1 - d)  # one launch
         self.steps += 1
 
     @torch.no_grad()
@@ -1315,28 +1325,37 @@ def mixture_log_prob(log_w: Tensor, neural_logp_target: Tensor, ngram_p: Tensor)
 
 
 def training_loss(model: nn.Module, x: Tensor, y: Tensor, oracle: NgramCache | None, m: MixerConfig, a,
-                  counted: Tensor | None = None) -> Tensor:
+                  counted: Tensor | None = None, head=None) -> Tensor:
     """CE (optionally complementary-weighted) + MIXER_LOSS_WEIGHT x mixture NLL against the frozen oracle, whose
     probabilities are constants; the mixture loss trains the gate and, through its input, the transformer.
     counted (from counted_pairs) marks the (order, target) pairs the oracle counted: leaving their own count out
     makes the oracle a held-out estimate, as the eval cache is. Without it the gate learns to trust n-grams that
-    have already seen the target."""
-    logits, h = model(x)
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
-    if oracle is None:
+    have already seen the target. The oracle's hash-table probes (data-dependent loops) run eagerly here; head
+    (loss_head, compiled on CUDA by the Trainer) does the rest."""
+    p = valid = None
+    if oracle is not None:
+        with torch.no_grad():
+            p, valid = oracle.expert_probs(oracle.keys(x, y), counted)
+            p, valid = p.reshape(len(oracle.orders), -1), valid.reshape(len(oracle.orders), -1)
+    return (head or loss_head)(model, model.hidden(x), y, p, valid, m, a.mixer_loss_weight, a.complement_alpha,
+                               a.complement_threshold)
+
+
+def loss_head(model: nn.Module, h: Tensor, y: Tensor, p: Tensor | None, valid: Tensor | None, m: MixerConfig,
+              mix_weight: float, complement_alpha: float, complement_threshold: float) -> Tensor:
+    """Everything after the body, from the final hidden state h [B, T, D]: logits, softcap, cross-entropy, the
+    complementary weights and the gate's mixture loss. One function so that torch.compile fuses it."""
+    nll = F.cross_entropy(model.logits(h).reshape(-1, model.c.vocab_size), y.reshape(-1), reduction="none")
+    if p is None:
         return nll.mean()
-    with torch.no_grad():
-        p, valid = oracle.expert_probs(oracle.keys(x, y), counted)
-        p, valid = p.reshape(len(oracle.orders), -1), valid.reshape(len(oracle.orders), -1)
     weight = torch.ones_like(nll)
-    if a.complement_alpha:  # learn less where the oracle already knows the answer (complementary training)
-        best = torch.where(valid, p, 0.0).amax(0)
-        ramp = ((best - a.complement_threshold) / (1 - a.complement_threshold)).clamp(0, 1)
-        weight = (1 - a.complement_alpha * ramp).clamp_min(0.05)
+    if complement_alpha:  # learn less where the oracle already knows the answer (complementary training)
+        ramp = ((torch.where(valid, p, 0.0).amax(0) - complement_threshold) / (1 - complement_threshold)).clamp(0, 1)
+        weight = (1 - complement_alpha * ramp).clamp_min(0.05)
     loss = (weight * nll).mean()
-    if m.head == "multi" and a.mixer_loss_weight:
+    if m.head == "multi" and mix_weight:
         log_w = mixture_log_weights(m, model.mixer_gate(h).reshape(nll.numel(), -1), valid, None)
-        loss = loss - a.mixer_loss_weight * mixture_log_prob(log_w, -nll, p).mean()
+        loss = loss - mix_weight * mixture_log_prob(log_w, -nll, p).mean()
     return loss
 
 
@@ -1388,6 +1407,32 @@ class RandomTokens:
         return torch.randint(0, self.vocab_size, (n,), generator=self.gen).numpy()
 
 
+class BatchLoader:
+    """Micro-batches prepared ahead by a background thread: slicing, int64 conversion and, on CUDA, pinned host
+    memory, so next() only queues a non-blocking copy and the GPU never waits on the host. Same batches in the
+    same order as calling next_micro_batch in the loop. close() stops the thread, leaving the stream to its caller."""
+
+    def __init__(self, stream, global_tokens: int, seq_len: int, rt: Runtime, depth: int = 4):
+        self.device, self.queue, self.stop = rt.device, queue.Queue(maxsize=depth), threading.Event()
+        pin = rt.device.type == "cuda"
+
+        def fill():
+            while not self.stop.is_set():
+                batch = next_micro_batch(stream, global_tokens, seq_len, rt.rank, rt.world, torch.device("cpu"))
+                self.queue.put(tuple(t.pin_memory() for t in batch) if pin else batch)
+        self.thread = threading.Thread(target=fill, daemon=True)
+        self.thread.start()
+
+    def next(self) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(t.to(self.device, non_blocking=True) for t in self.queue.get())
+
+    def close(self) -> None:
+        self.stop.set()
+        while self.thread.is_alive():  # unblock a put() waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                self.queue.get(timeout=0.01)
+
+
 @dataclasses.dataclass
 class Trainer:
     """What every training step needs, built once in main."""
@@ -1400,8 +1445,11 @@ class Trainer:
     oracle: NgramCache | None = None
     oracle_tokens: int = 0  # tokens from the stream's start that the oracle counted (for leave-one-out)
 
+    def __post_init__(self):  # the loss head is eager on CPU; on CUDA it fuses into a few kernels
+        self.head = torch.compile(loss_head) if self.rt.device.type == "cuda" else loss_head
 
-def train_step(tr: Trainer, stream, lr_mul: float, momentum: float) -> Tensor:
+
+def train_step(tr: Trainer, loader: BatchLoader, lr_mul: float, momentum: float) -> Tensor:
     """One optimizer step over TRAIN_BATCH_TOKENS tokens; returns this rank's loss (a tensor: no host sync)."""
     a, rt = tr.a, tr.rt
     for opt in tr.optimizers:
@@ -1411,11 +1459,10 @@ def train_step(tr: Trainer, stream, lr_mul: float, momentum: float) -> Tensor:
                 g["momentum"] = momentum
     total = torch.zeros((), device=rt.device)
     for _ in range(tr.accum):
-        x, y, where = next_micro_batch(stream, a.train_batch_tokens // tr.accum, a.train_seq_len, rt.rank, rt.world,
-                                       rt.device)
+        x, y, where = loader.next()
         counted = counted_pairs(tr.oracle, where, tr.oracle_tokens) if tr.oracle is not None and a.ngram_oracle_loo else None
         with torch.autocast("cuda", torch.bfloat16, enabled=rt.device.type == "cuda"):
-            loss = training_loss(tr.model, x, y, tr.oracle, tr.mixer, a, counted) / tr.accum
+            loss = training_loss(tr.model, x, y, tr.oracle, tr.mixer, a, counted, tr.head) / tr.accum
         loss.backward()
         total += loss.detach()
     params = list(tr.model.parameters())
@@ -1435,8 +1482,10 @@ def warm_up(tr: Trainer, plan: dict) -> float:
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt_states = [copy.deepcopy(o.state_dict()) for o in tr.optimizers]
     dummy = RandomTokens(a.vocab_size, a.seed)
+    loader = BatchLoader(dummy, a.train_batch_tokens // tr.accum, a.train_seq_len, tr.rt)
     for _ in range(a.warmup_steps):
-        train_step(tr, dummy, 1.0, a.muon_momentum_warmup_start)
+        train_step(tr, loader, 1.0, a.muon_momentum_warmup_start)
+    loader.close()
     model.load_state_dict(initial)
     for o, s in zip(tr.optimizers, opt_states):
         o.load_state_dict(s)
@@ -1482,6 +1531,7 @@ def train(tr: Trainer, ev, plan: dict) -> tuple[dict[str, Tensor], dict[str, Ten
         rt.log(f"ngram_oracle tokens:{tr.oracle_tokens} leave_one_out:{int(a.ngram_oracle_loo)} "
                f"time:{time.perf_counter() - clock_start:.1f}s")
     stream = TokenStream(train_files, a.vocab_size)
+    loader = BatchLoader(stream, a.train_batch_tokens // tr.accum, a.train_seq_len, rt)
     averager = WeightAverager(model, a.ema_decay)
     loop_start_ms = shared_elapsed_ms(clock_start, rt)
     schedule = Schedule(a, a.max_wallclock_seconds * 1000 - loop_start_ms - reserve_ms if a.max_wallclock_seconds
@@ -1502,7 +1552,7 @@ def train(tr: Trainer, ev, plan: dict) -> tuple[dict[str, Tensor], dict[str, Ten
             paused += time.perf_counter() - t_val
             model.train()
         lr_mul = schedule.lr_mul(progress)
-        loss = train_step(tr, stream, lr_mul, schedule.muon_momentum(progress))
+        loss = train_step(tr, loader, lr_mul, schedule.muon_momentum(progress))
         averager.update(model)
         step += 1
         if a.swa_every and lr_mul < a.swa_start_lrmul and step % a.swa_every == 0:
@@ -1515,6 +1565,7 @@ def train(tr: Trainer, ev, plan: dict) -> tuple[dict[str, Tensor], dict[str, Ten
             train_ms = (time.perf_counter() - clock_start - paused) * 1000 - loop_start_ms
             rt.log(f"step:{step}/{a.iterations} train_loss:{value:.4f} train_time:{train_ms:.0f}ms "
                    f"step_avg:{train_ms / step:.2f}ms lr_mul:{lr_mul:.3f}")
+    loader.close()
     weights, kind = averager.final(model)
     model.load_state_dict(weights)
     rt.log(f"final_weights:{kind} steps:{step}")

@@ -135,6 +135,39 @@ def test_muon_step_has_singular_values_near_lr():
     assert 0.5 < s.min() and s.max() < 1.3
 
 
+def test_batched_muon_equals_one_matrix_at_a_time():
+    """Shapes batched together (and an odd count per shape) against the plain loop: momentum, Nesterov, one
+    Newton-Schulz per matrix, the tall/wide scale, decoupled weight decay."""
+    torch.manual_seed(0)
+    shapes = [(32, 48), (48, 32), (32, 48), (64, 16), (32, 48), (48, 32)]
+    params = [torch.nn.Parameter(torch.randn(*sh)) for sh in shapes]
+    ref = [p.detach().clone() for p in params]
+    bufs = [torch.zeros_like(p) for p in ref]
+    opt = tg.Muon(params, lr=0.05, momentum=0.9, weight_decay=0.1, ns_steps=5)
+    for step in range(3):
+        grads = [torch.randn(*sh) for sh in shapes]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        for i, g in enumerate(grads):
+            bufs[i] = bufs[i] * 0.9 + g
+            u = tg.newton_schulz_orthogonalize(g + 0.9 * bufs[i], 5) * max(1.0, g.size(0) / g.size(1)) ** 0.5
+            ref[i] = ref[i] * (1 - 0.05 * 0.1) - 0.05 * u
+        for p, r in zip(params, ref):
+            assert torch.allclose(p.detach(), r, atol=1e-5, rtol=0), step
+
+
+def test_batch_loader_yields_the_batches_of_direct_calls():
+    rt = tg.Runtime(0, 1, 0, torch.device("cpu"), print, "t")
+    loader = tg.BatchLoader(tg.RandomTokens(1024, 3), 512, 64, rt)
+    direct = tg.RandomTokens(1024, 3)
+    for _ in range(6):
+        for got, want in zip(loader.next(), tg.next_micro_batch(direct, 512, 64, 0, 1, torch.device("cpu"))):
+            assert torch.equal(got, want)
+    loader.close()
+    assert not loader.thread.is_alive()
+
+
 def test_only_linear_weights_go_to_muon():
     """Muon orthogonalizes whole matrices: a [2, dim] residual mix or the mixer gate must stay with Adam."""
     model = tiny_model()
