@@ -945,8 +945,6 @@ def _u64(x: int) -> int:
 
 
 MIX_C1, MIX_C2 = _u64(0xBF58476D1CE4E5B9), _u64(0x94D049BB133111EB)  # splitmix64 finalizer constants
-SEED_PRIMES = (36313, 27191, 51647, 81929, 131071, 174763, 233017, 283721, 347237, 411527, 479909, 541483,
-               611953, 683759, 755617, 821677, 889001)  # the seeds' XOR-hash multipliers, one per context slot
 
 
 def mix64(x: Tensor) -> Tensor:
@@ -1039,22 +1037,17 @@ class NgramCache:
     head) best[slot of a context] holds (count << vocab_bits | token) of its most frequent next token so far.
     """
 
-    def __init__(self, max_order: int, buckets: int, vocab_size: int, scoring: str, min_count: int, device,
-                 hints: bool = False):
-        self.orders = list(range(2, max_order + 1))
-        self.scoring, self.min_count, self.buckets = scoring, min_count, buckets
+    scoring = "normalized"
+
+    def __init__(self, max_order: int, buckets: int, vocab_size: int, min_count: int, device, hints: bool = False):
+        self.orders, self.min_count, self.buckets = list(range(2, max_order + 1)), min_count, buckets
         # >= 6 bits: add() packs the segment (< 64) above a context fingerprint, which must stay a positive int64
         self.vocab_bits = max(6, (vocab_size - 1).bit_length())
         self.fp_mask = (1 << (63 - self.vocab_bits)) - 1  # fingerprint << vocab_bits | token stays a positive int64
-        if scoring == "normalized":
-            self.table = CountTable(2 * len(self.orders), buckets, device)
-            self.best = torch.zeros_like(self.table.keys) if hints else None
-        else:  # the seeds' direct-mapped counters, indexed by segment * buckets + hash bucket
-            self.dense = torch.zeros(2 * len(self.orders) * buckets, dtype=torch.int32, device=device)
+        self.table = CountTable(2 * len(self.orders), buckets, device)
+        self.best = torch.zeros_like(self.table.keys) if hints else None
 
     def nbytes(self) -> int:
-        if self.scoring != "normalized":
-            return self.dense.numel() * 4
         return self.table.nbytes() + (0 if self.best is None else self.best.numel() * 8)
 
     def keys(self, hist: Tensor, nxt: Tensor) -> Tensor:
@@ -1067,15 +1060,14 @@ class NgramCache:
         h, out = torch.zeros_like(nxt), []
         for j in range(len(self.orders)):  # after folding in j+1 tokens, h identifies the order-(j+2) context
             tok = back(j)
-            if self.scoring == "normalized":
-                h = mix64(h * 31 + tok + 2)
-                key = ((h & self.fp_mask) << self.vocab_bits) | nxt
-            else:  # seeds: ctx = XOR of token * prime, full = ctx XOR target * next prime; bucket = & (buckets-1)
-                h = h ^ (tok * SEED_PRIMES[j])
-                m = self.buckets - 1
-                key = ((h ^ (nxt * SEED_PRIMES[j + 1])) & m) * self.buckets + (h & m)
+            h, key = self.fold(h, tok, nxt, j)
             out.append(torch.where(tok >= 0, key, EMPTY_KEY))
         return torch.stack(out)
+
+    def fold(self, h: Tensor, tok: Tensor, nxt: Tensor, j: int) -> tuple[Tensor, Tensor]:
+        """Fold one more context token into h; the pair key (fingerprint << vocab_bits | next token) is a bijection."""
+        h = mix64(h * 31 + tok + 2)
+        return h, ((h & self.fp_mask) << self.vocab_bits) | nxt
 
     def add(self, keys: Tensor, counts: Tensor | None = None) -> None:
         """Count pair keys [n_orders, n] (-1 entries ignored), with per-key counts if given (default 1 each)."""
@@ -1083,23 +1075,21 @@ class NgramCache:
                 for o, k in enumerate(keys)]
         k = torch.cat([u[0] for u in uniq])
         c = torch.cat([u[1] for u in uniq])
-        seg = torch.cat([torch.full_like(u[0], 2 * o) for o, u in enumerate(uniq)])
-        if self.scoring == "normalized":
-            stored = self.table.add(k, c, seg)
-            # contexts count only the pairs that were stored; seg sits above the fingerprint bits to dedupe by order
-            packed, pc = unique_sum((k[stored] >> self.vocab_bits) | ((seg[stored] + 1) << (63 - self.vocab_bits)),
-                                    c[stored])
-            self.table.add(packed & self.fp_mask, pc, packed >> (63 - self.vocab_bits))
-            if self.best is not None:  # counts only grow, so a running max of (count, token) is the argmax
-                k, seg = k[stored], seg[stored]
-                total = self.table.lookup(k, seg).long()
-                ctx_slots = self.table.find(k >> self.vocab_bits, seg + 1)
-                self.best.scatter_reduce_(0, ctx_slots, (total << self.vocab_bits) | (k & ((1 << self.vocab_bits) - 1)),
-                                          "amax")
-        else:
-            base = seg * self.buckets
-            self.dense.index_add_(0, base + k // self.buckets, c.to(torch.int32))
-            self.dense.index_add_(0, base + self.buckets + k % self.buckets, c.to(torch.int32))
+        self.count_pairs(k, c, torch.cat([torch.full_like(u[0], 2 * o) for o, u in enumerate(uniq)]))
+
+    def count_pairs(self, k: Tensor, c: Tensor, seg: Tensor) -> None:
+        """Add distinct pair keys; a context's count is derived from its pairs that were stored, never kept apart."""
+        stored = self.table.add(k, c, seg)
+        # seg sits above the fingerprint bits, so contexts dedupe per order
+        packed, pc = unique_sum((k[stored] >> self.vocab_bits) | ((seg[stored] + 1) << (63 - self.vocab_bits)),
+                                c[stored])
+        self.table.add(packed & self.fp_mask, pc, packed >> (63 - self.vocab_bits))
+        if self.best is not None:  # counts only grow, so a running max of (count, token) is the argmax
+            k, seg = k[stored], seg[stored]
+            total = self.table.lookup(k, seg).long()
+            ctx_slots = self.table.find(k >> self.vocab_bits, seg + 1)
+            self.best.scatter_reduce_(0, ctx_slots, (total << self.vocab_bits) | (k & ((1 << self.vocab_bits) - 1)),
+                                      "amax")
 
     def expert_probs(self, keys: Tensor, counted: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(p [n_orders, ...] float32 of the keyed next token, valid [n_orders, ...] bool). valid reads only the
@@ -1107,21 +1097,19 @@ class NgramCache:
         keys, from counted_pairs): (order, position) pairs whose own occurrence is in the counts; it is left out."""
         n_orders, shape = len(self.orders), keys.shape
         k = keys.reshape(n_orders, -1).clamp_min(0)
-        seg = 2 * torch.arange(n_orders, device=k.device)[:, None].expand_as(k)
-        if self.scoring == "normalized":
-            counts = self.table.lookup(torch.cat([k, k >> self.vocab_bits]).reshape(-1),
-                                       torch.cat([seg, seg + 1]).reshape(-1)).view(2 * n_orders, -1)
-            n, c = counts[:n_orders], counts[n_orders:]
-        else:
-            base = seg * self.buckets
-            c = self.dense[base + self.buckets + k % self.buckets]
-            n = torch.minimum(self.dense[base + k // self.buckets], c)
+        n, c = self.pair_and_context_counts(k, 2 * torch.arange(n_orders, device=k.device)[:, None].expand_as(k))
         if counted is not None:  # leave-one-out, only where the pair was stored (a dropped pair is in neither count)
             own = (counted.reshape(n_orders, -1) & (n > 0)).int()
             n, c = n - own, c - own
         p = n.float() / c.clamp_min(1).float()
         valid = (keys.reshape(n_orders, -1) >= 0) & (c >= self.min_count)
         return p.view(shape), valid.view(shape)
+
+    def pair_and_context_counts(self, k: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:
+        n_orders = k.size(0)
+        counts = self.table.lookup(torch.cat([k, k >> self.vocab_bits]).reshape(-1),
+                                   torch.cat([seg, seg + 1]).reshape(-1)).view(2 * n_orders, -1)
+        return counts[:n_orders], counts[n_orders:]
 
     def hint(self, keys: Tensor, confidence: float) -> Tensor:
         """The tilt head's hint per position, -1 where none: the most frequent next token of the highest order whose
@@ -1140,14 +1128,57 @@ class NgramCache:
 
     def clone(self) -> "NgramCache":
         new = copy.copy(self)
-        if self.scoring == "normalized":
-            new.best = None if self.best is None else self.best.clone()
-            new.table = copy.copy(self.table)
-            new.table.keys, new.table.counts, new.table.used = (t.clone() for t in (self.table.keys, self.table.counts,
-                                                                                   self.table.used))
-        else:
-            new.dense = self.dense.clone()
+        new.best = None if self.best is None else self.best.clone()
+        new.table = copy.copy(self.table)
+        new.table.keys, new.table.counts, new.table.used = (t.clone() for t in (self.table.keys, self.table.counts,
+                                                                               self.table.used))
         return new
+
+
+# ---- Reproducing the rejected seeds (NGRAM_SCORING=hashed_target): for comparison only, never valid. ----
+# The seeds' direct-mapped counters read min(full[h(ctx, target)], ctx[h(ctx)]) / ctx[h(ctx)] at the target only;
+# with collisions that is not a distribution (the audit prints how far from 1 it sums). Everything the valid path
+# does not need lives here; make_cache is the one place that picks it.
+
+SEED_PRIMES = (36313, 27191, 51647, 81929, 131071, 174763, 233017, 283721, 347237, 411527, 479909, 541483,
+               611953, 683759, 755617, 821677, 889001)  # the seeds' XOR-hash multipliers, one per context slot
+
+
+class SeedHashedCache(NgramCache):
+    scoring = "hashed_target"
+
+    def __init__(self, max_order: int, buckets: int, vocab_size: int, min_count: int, device, hints: bool = False):
+        self.orders, self.min_count, self.buckets, self.best = list(range(2, max_order + 1)), min_count, buckets, None
+        self.dense = torch.zeros(2 * len(self.orders) * buckets, dtype=torch.int32, device=device)
+
+    def nbytes(self) -> int:
+        return self.dense.numel() * 4
+
+    def fold(self, h: Tensor, tok: Tensor, nxt: Tensor, j: int) -> tuple[Tensor, Tensor]:
+        """ctx = XOR of token * prime, full = ctx XOR target * next prime, buckets by & (buckets - 1)."""
+        h, m = h ^ (tok * SEED_PRIMES[j]), self.buckets - 1
+        return h, ((h ^ (nxt * SEED_PRIMES[j + 1])) & m) * self.buckets + (h & m)
+
+    def count_pairs(self, k: Tensor, c: Tensor, seg: Tensor) -> None:
+        base = seg * self.buckets
+        self.dense.index_add_(0, base + k // self.buckets, c.to(torch.int32))
+        self.dense.index_add_(0, base + self.buckets + k % self.buckets, c.to(torch.int32))
+
+    def pair_and_context_counts(self, k: Tensor, seg: Tensor) -> tuple[Tensor, Tensor]:
+        base = seg * self.buckets
+        c = self.dense[base + self.buckets + k % self.buckets]
+        return torch.minimum(self.dense[base + k // self.buckets], c), c
+
+    def clone(self) -> "SeedHashedCache":
+        new = copy.copy(self)
+        new.dense = self.dense.clone()
+        return new
+
+
+def make_cache(max_order: int, buckets: int, vocab_size: int, scoring: str, min_count: int, device,
+               hints: bool = False) -> NgramCache:
+    return (SeedHashedCache if scoring == "hashed_target" else NgramCache)(max_order, buckets, vocab_size, min_count,
+                                                                          device, hints)
 
 
 def unique_sum(keys: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -1392,7 +1423,7 @@ def needs_oracle(a) -> bool:
 
 
 def new_cache(a, device) -> NgramCache:
-    return NgramCache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device,
+    return make_cache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device,
                       hints=a.mixer_head == "tilt")
 
 

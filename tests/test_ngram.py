@@ -90,7 +90,7 @@ def assert_matches_reference(cache: tg.NgramCache, keys, rn, rc, hist, exact: bo
 
 def filled_cache(stream: np.ndarray, buckets: int = 1 << 15, scoring: str = "normalized", min_count: int = 1,
                  max_order: int = MAX_ORDER, vocab: int = V, batches: int = 3, fp_mask: int | None = None):
-    cache = tg.NgramCache(max_order, buckets, vocab, scoring, min_count, "cpu", hints=scoring == "normalized")
+    cache = tg.make_cache(max_order, buckets, vocab, scoring, min_count, "cpu", hints=scoring == "normalized")
     if fp_mask is not None:
         cache.fp_mask = fp_mask
     t = torch.from_numpy(stream)
@@ -161,7 +161,7 @@ def write_shards(tmp_path, sizes, seed=5):
 ])
 def test_prefill_equals_per_shard_reference(tmp_path, sizes, max_tokens):
     files, data = write_shards(tmp_path, sizes)
-    cache = tg.NgramCache(MAX_ORDER, 1 << 15, V, "normalized", 1, "cpu")
+    cache = tg.make_cache(MAX_ORDER, 1 << 15, V, "normalized", 1, "cpu")
     lines = []
     total = tg.prefill_ngram_cache(cache, files, max_tokens, V, tg.Runtime(0, 1, 0, torch.device("cpu"), lines.append, "t"),
                                    block_tokens=1000)
@@ -361,7 +361,7 @@ def small_model(env: dict):
 def oracle_and_batch(min_count: int = 2):
     """An oracle over a motif stream, and a batch [2, 64] cut from the same stream (so it knows many contexts)."""
     stream = make_stream(7, 4000, vocab=60, n_motifs=5)
-    oracle = tg.NgramCache(4, 1 << 14, 1024, "normalized", min_count, "cpu")
+    oracle = tg.make_cache(4, 1 << 14, 1024, "normalized", min_count, "cpu")
     t = torch.from_numpy(stream)
     oracle.add(oracle.keys(t[:-1], t[1:]))
     xy = torch.stack([t[1000:1065], t[2500:2565]])
@@ -522,7 +522,7 @@ def test_count_table_segments_are_independent():
 def test_clone_is_a_deep_copy(scoring, buckets):
     small = buckets == 64  # the copy fills its table; the original must keep its own free budget
     a_part, b_part, c_part = (torch.from_numpy(make_stream(s, 12 if small and s != 11 else 800)) for s in (10, 11, 12))
-    original = tg.NgramCache(MAX_ORDER, buckets, V, scoring, 1, "cpu")
+    original = tg.make_cache(MAX_ORDER, buckets, V, scoring, 1, "cpu")
     original.add(original.keys(a_part[:-1], a_part[1:]))
     query = torch.cat([a_part, b_part, c_part])
     qkeys = original.keys(query[:-1], query[1:])

@@ -33,7 +33,7 @@ def test_leave_one_out_matches_reference(tmp_path, prefill_tokens, skip):
     tg.write_shard(tmp_path / "fineweb_train_000000.bin", tokens[:200])
     tg.write_shard(tmp_path / "fineweb_train_000001.bin", tokens[200:])
     files = tg.list_shards(str(tmp_path), "train")
-    cache = tg.NgramCache(MAX_ORDER, 1 << 14, V, "normalized", 2, "cpu")
+    cache = tg.make_cache(MAX_ORDER, 1 << 14, V, "normalized", 2, "cpu")
     counted_tokens = tg.prefill_ngram_cache(cache, files, prefill_tokens, V, tg.Runtime(0, 1, 0, torch.device("cpu"), print, "t"),
                                             block_tokens=70)
     assert counted_tokens == (prefill_tokens or tokens.size)
