@@ -117,7 +117,7 @@ def filled_oracle(mod, a):
     block, span = 1 << 20, len(cache.orders)
     for s in range(0, toks.numel() - 1, block):
         s0 = max(0, s - span)
-        cache.add(*mod.stream_key_counts(cache, toks[s0:s + block + 1].to(DEVICE), max(s - s0, 1)))
+        cache.add(*mod.stream_key_counts(cache, toks[s0:s + block].to(DEVICE), max(s - s0, 1)))
     return cache, toks.numel()
 
 
@@ -271,7 +271,7 @@ def sdpa_backends(a):
     gen = torch.Generator(device=DEVICE).manual_seed(0)
     q, k, v = (torch.randn(B, h, T, D, device=DEVICE, dtype=torch.bfloat16, generator=gen).requires_grad_()
                for h in (H, Hkv, Hkv))
-    gqa = Hkv != H
+    gqa, per_step = Hkv != H, a.num_layers * accum
     print(f"\nattention forward+backward, q [{B}, {H}, {T}, {D}] k/v [{B}, {Hkv}, {T}, {D}] bf16 causal "
           f"(x{a.num_layers} layers x{accum} micro-steps per step); train_gpt uses "
           f"{'FlashAttention 3' if tg._fa3 is not None else 'SDPA with the default backend choice'}")
@@ -281,14 +281,14 @@ def sdpa_backends(a):
     for name, backend in candidates:
         ctx = sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext()
         fn = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        print(f"| {name} | {attention_ms(fn, ctx)} |", flush=True)
+        print(f"| {name} | {attention_ms(fn, ctx, per_step)} |", flush=True)
     if tg._fa3 is not None:
         qt, kt, vt = (t.detach().transpose(1, 2).contiguous().requires_grad_() for t in (q, k, v))
         fn = lambda: (lambda o: o[0] if isinstance(o, tuple) else o)(tg._fa3(qt, kt, vt, causal=True))
-        print(f"| FlashAttention 3 | {attention_ms(fn, contextlib.nullcontext())} |")
+        print(f"| FlashAttention 3 | {attention_ms(fn, contextlib.nullcontext(), per_step)} |")
 
 
-def attention_ms(fn, ctx, reps: int = 10) -> str:
+def attention_ms(fn, ctx, per_step: int, reps: int = 10) -> str:
     try:
         with ctx:
             for i in range(3 + reps):
@@ -301,14 +301,12 @@ def attention_ms(fn, ctx, reps: int = 10) -> str:
     except RuntimeError as e:  # the backend does not support this shape, dtype, GQA or GPU
         return f"unavailable: {str(e).splitlines()[0][:70]} |"
     ms = (time.perf_counter() - t0) * 1000 / reps
-    return f"{ms:.3f} | {ms * ACCUM_LAYERS:.1f}"
+    return f"{ms:.3f} | {ms * per_step:.1f}"
 
 
 def main():
     env = {k: v for k, v in os.environ.items() if k in tg.KNOB_BY_ENV}
     a = tg.load_hyperparameters(env)
-    global ACCUM_LAYERS
-    ACCUM_LAYERS = a.num_layers * tg.grad_accum_steps(a, 1)
     old = load_baseline(BASELINE) if BASELINE.lower() not in ("", "none") else None
     dev = torch.cuda.get_device_name() if CUDA else f"cpu ({torch.get_num_threads()} threads)"
     data = "random tokens" if isinstance(token_source(a), tg.RandomTokens) else a.data_path

@@ -195,3 +195,9 @@ def test_user_errors_are_one_line_and_exit_2(sample_data, tmp_path, argv, env, f
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+
+
+def test_torchrun_failure_summary_carries_our_message(tmp_path):
+    proc = run_train(tmp_path, {"PRESET": "smoke", "MATRIX_LR": "abc"}, nproc=1)
+    assert proc.returncode != 0
+    assert "traceback : error: config error: MATRIX_LR='abc' is not a valid float" in proc.stdout + proc.stderr
