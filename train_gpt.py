@@ -957,6 +957,15 @@ def mix64(x: Tensor) -> Tensor:
     return x ^ ((x >> 31) & ((1 << 33) - 1))
 
 
+def keys_within_budget(new: Tensor, counts: Tensor, seg: Tensor, room: Tensor) -> Tensor:
+    """The new keys (indices into counts/seg) a table keeps: per segment the most frequent ones that fit its room
+    (ties by position). Both tables apply this one rule, so they keep the same keys."""
+    new = new[torch.argsort(counts[new], descending=True, stable=True)]
+    new = new[torch.argsort(seg[new], stable=True)]
+    first = torch.searchsorted(seg[new], seg[new], right=False)
+    return new[torch.arange(new.numel(), device=new.device) - first < room[seg[new]]]
+
+
 class CountTable:
     """Open-addressing hash maps int64 key (>= 0) -> int32 count with stored, verified keys: `segments` independent
     maps of `capacity` slots in one tensor, so every order's pair and context maps are probed in one loop.
@@ -1002,12 +1011,7 @@ class CountTable:
         slots = self.find(keys, seg)
         stored = slots >= 0
         self.counts.index_add_(0, slots[stored], counts[stored].to(torch.int32))
-        new = torch.nonzero(~stored).squeeze(1)
-        # within each segment keep the most frequent new keys that fit its budget (stable: ties by key order)
-        new = new[torch.argsort(counts[new], descending=True, stable=True)]
-        new = new[torch.argsort(seg[new], stable=True)]
-        first = torch.searchsorted(seg[new], seg[new], right=False)
-        new = new[torch.arange(new.numel(), device=new.device) - first < (self.limit - self.used)[seg[new]]]
+        new = keys_within_budget(torch.nonzero(~stored).squeeze(1), counts, seg, self.limit - self.used)
         base, home, stride = self.probe_start(keys[new], seg[new])
         for probe in range(self.max_probes):
             if new.numel() == 0:
@@ -1028,6 +1032,95 @@ class CountTable:
         slots = self.find(keys, seg)
         return torch.where(slots >= 0, self.counts[slots.clamp_min(0)], 0)
 
+    def clone(self) -> "CountTable":
+        new = copy.copy(self)
+        new.keys, new.counts, new.used = self.keys.clone(), self.counts.clone(), self.used.clone()
+        return new
+
+
+class SortedCounts:
+    """CountTable's interface and semantics (the same per-segment budget, the same keys kept) on one array sorted by
+    (segment, key), read by searchsorted: for the frozen oracle, built in a few large add() calls and then only read.
+    A lookup has no probe loop and no host sync; add() merges new keys in by scatter, never re-sorting the table.
+
+    (segment, key) needs 63 + seg_bits bits, so an entry is comp = segment << low_bits | the key's low bits (searched)
+    and tail = the key's top seg_bits bits (breaks ties). Equal comps (a run) are rare for hashed keys; lookups check
+    max_run entries from searchsorted's position."""
+
+    def __init__(self, segments: int, capacity: int, device, max_load: float = 0.75):
+        self.segments, self.limit = segments, int(capacity * max_load)
+        self.seg_bits = (segments - 1).bit_length()
+        self.low_bits = 63 - self.seg_bits
+        self.comp = torch.empty(0, dtype=torch.int64, device=device)
+        self.tail = torch.empty(0, dtype=torch.uint8 if self.seg_bits <= 8 else torch.int32, device=device)
+        self.counts = torch.empty(0, dtype=torch.int32, device=device)
+        self.used = torch.zeros(segments, dtype=torch.int64, device=device)
+        self.max_run = 1
+
+    def nbytes(self) -> int:
+        return self.comp.numel() * 8 + self.tail.numel() * self.tail.element_size() + self.counts.numel() * 4
+
+    def clone(self) -> "SortedCounts":
+        new = copy.copy(self)
+        new.comp, new.tail, new.counts, new.used = (t.clone() for t in (self.comp, self.tail, self.counts, self.used))
+        return new
+
+    def locate(self, keys: Tensor, seg: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Per (segment, key): position or -1; rank (stored entries ordered before it); whether a stored entry
+        shares its comp; comp; tail."""
+        n, pos = self.comp.numel(), torch.full_like(keys, -1)
+        qc = (seg.long() << self.low_bits) | (keys & ((1 << self.low_bits) - 1))
+        qt = (keys >> self.low_bits).to(self.tail.dtype)
+        if n == 0 or keys.numel() == 0:
+            return pos, torch.zeros_like(keys), torch.zeros_like(keys, dtype=torch.bool), qc, qt
+        first = torch.searchsorted(self.comp, qc)  # the start of qc's run, if there is one
+        rank, shared = first.clone(), None
+        for j in range(self.max_run):
+            at = (first + j).clamp_max(n - 1)
+            same = (self.comp[at] == qc) & (first + j < n)
+            pos = torch.where(same & (self.tail[at] == qt), at, pos)
+            rank += same & (self.tail[at] < qt)
+            shared = same if shared is None else shared
+        return pos, rank, shared, qc, qt
+
+    def find(self, keys: Tensor, seg: Tensor) -> Tensor:
+        return self.locate(keys, seg)[0]
+
+    def add(self, keys: Tensor, counts: Tensor, seg: Tensor) -> Tensor:
+        """Add counts for distinct (segment, key) pairs; returns a bool mask of those that were stored."""
+        pos, rank, shared, qc, qt = self.locate(keys, seg)
+        stored = pos >= 0
+        self.counts.index_add_(0, pos[stored], counts[stored].to(torch.int32))
+        new = keys_within_budget(torch.nonzero(~stored).squeeze(1), counts, seg, self.limit - self.used)
+        if new.numel() == 0:
+            return stored
+        stored[new] = True
+        self.used += torch.bincount(seg[new], minlength=self.segments)
+        new = new[torch.argsort(qt[new], stable=True)]  # order the new entries by (comp, tail)
+        new = new[torch.argsort(qc[new], stable=True)]
+        nc, n, m = qc[new], self.comp.numel(), new.numel()
+        # merge: a new entry lands after the stored entries ordered before it (rank) and the new ones before it
+        new_pos = rank[new] + torch.arange(m, device=nc.device)
+        is_new = torch.zeros(n + m, dtype=torch.bool, device=nc.device)
+        is_new[new_pos] = True
+        old_pos = torch.nonzero(~is_new).squeeze(1)
+        merged = []
+        for old, add in ((self.comp, nc), (self.tail, qt[new]), (self.counts, counts[new].to(torch.int32))):
+            merged.append(torch.empty(n + m, dtype=old.dtype, device=nc.device).index_copy_(0, old_pos, old)
+                          .index_copy_(0, new_pos, add))
+        self.comp, self.tail, self.counts = merged
+        if bool((nc[1:] == nc[:-1]).any() | shared[new].any()):  # a run grew: measure the longest
+            runs = torch.searchsorted(self.comp, nc, right=True) - torch.searchsorted(self.comp, nc)
+            self.max_run = max(self.max_run, int(runs.max()))
+        return stored
+
+    def lookup(self, keys: Tensor, seg: Tensor) -> Tensor:
+        """Counts of (segment, key) pairs (0 where absent), flat tensors."""
+        pos = self.find(keys, seg)
+        if self.counts.numel() == 0:
+            return torch.zeros_like(keys, dtype=torch.int32)
+        return torch.where(pos >= 0, self.counts[pos.clamp_min(0)], 0)
+
 
 class NgramCache:
     """Counts for orders 2..max_order and the per-order expert probability of a given next token.
@@ -1040,12 +1133,16 @@ class NgramCache:
 
     scoring = "normalized"
 
-    def __init__(self, max_order: int, buckets: int, vocab_size: int, min_count: int, device, hints: bool = False):
+    def __init__(self, max_order: int, buckets: int, vocab_size: int, min_count: int, device, hints: bool = False,
+                 frozen: bool = False):
         self.orders, self.min_count, self.buckets = list(range(2, max_order + 1)), min_count, buckets
         # >= 6 bits: add() packs the segment (< 64) above a context fingerprint, which must stay a positive int64
         self.vocab_bits = max(6, (vocab_size - 1).bit_length())
         self.fp_mask = (1 << (63 - self.vocab_bits)) - 1  # fingerprint << vocab_bits | token stays a positive int64
-        self.table = CountTable(2 * len(self.orders), buckets, device)
+        # frozen (the training oracle: built in a few large adds, then only read): a sorted array, merged by scatter
+        # and read by searchsorted, with no probe loops; the eval cache, which grows chunk by chunk, hashes
+        self.table = (SortedCounts if frozen else CountTable)(2 * len(self.orders), buckets, device)
+        assert not (hints and frozen), "tilt hints live beside the eval cache's hash slots"
         self.best = torch.zeros_like(self.table.keys) if hints else None
 
     def nbytes(self) -> int:
@@ -1129,10 +1226,7 @@ class NgramCache:
 
     def clone(self) -> "NgramCache":
         new = copy.copy(self)
-        new.best = None if self.best is None else self.best.clone()
-        new.table = copy.copy(self.table)
-        new.table.keys, new.table.counts, new.table.used = (t.clone() for t in (self.table.keys, self.table.counts,
-                                                                               self.table.used))
+        new.best, new.table = None if self.best is None else self.best.clone(), self.table.clone()
         return new
 
 
@@ -1148,7 +1242,8 @@ SEED_PRIMES = (36313, 27191, 51647, 81929, 131071, 174763, 233017, 283721, 34723
 class SeedHashedCache(NgramCache):
     scoring = "hashed_target"
 
-    def __init__(self, max_order: int, buckets: int, vocab_size: int, min_count: int, device, hints: bool = False):
+    def __init__(self, max_order: int, buckets: int, vocab_size: int, min_count: int, device, hints: bool = False,
+                 frozen: bool = False):
         self.orders, self.min_count, self.buckets, self.best = list(range(2, max_order + 1)), min_count, buckets, None
         self.dense = torch.zeros(2 * len(self.orders) * buckets, dtype=torch.int32, device=device)
 
@@ -1177,9 +1272,9 @@ class SeedHashedCache(NgramCache):
 
 
 def make_cache(max_order: int, buckets: int, vocab_size: int, scoring: str, min_count: int, device,
-               hints: bool = False) -> NgramCache:
+               hints: bool = False, frozen: bool = False) -> NgramCache:
     return (SeedHashedCache if scoring == "hashed_target" else NgramCache)(max_order, buckets, vocab_size, min_count,
-                                                                          device, hints)
+                                                                          device, hints, frozen)
 
 
 def unique_sum(keys: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -1423,9 +1518,9 @@ def needs_oracle(a) -> bool:
     return a.mixer_head == "multi" and a.mixer_loss_weight > 0 or a.complement_alpha > 0
 
 
-def new_cache(a, device) -> NgramCache:
+def new_cache(a, device, frozen: bool = False) -> NgramCache:
     return make_cache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device,
-                      hints=a.mixer_head == "tilt")
+                      hints=a.mixer_head == "tilt", frozen=frozen)
 
 
 class RandomTokens:
@@ -1555,12 +1650,11 @@ def train(tr: Trainer, ev, plan: dict) -> tuple[dict[str, Tensor], dict[str, Ten
     train_files = list_shards(a.data_path, "train")
     clock_start, paused = time.perf_counter(), 0.0
     if needs_oracle(a):
-        tr.oracle = new_cache(a, rt.device)
-        rt.log(f"ngram_tables orders:2..{a.ngram_max_order} buckets:{a.ngram_buckets} scoring:{a.ngram_scoring} "
-               f"bytes:{tr.oracle.nbytes()} ({tr.oracle.nbytes() / 2**20:.0f} MiB per cache)")
+        tr.oracle = new_cache(a, rt.device, frozen=True)
         tr.oracle_tokens = prefill_ngram_cache(tr.oracle, train_files, a.ngram_prefill_tokens, a.vocab_size, rt,
                                                PREFILL_MAX_SHARE * a.max_wallclock_seconds)
-        rt.log(f"ngram_oracle tokens:{tr.oracle_tokens} leave_one_out:{int(a.ngram_oracle_loo)} "
+        rt.log(f"ngram_oracle tokens:{tr.oracle_tokens} orders:2..{a.ngram_max_order} leave_one_out:"
+               f"{int(a.ngram_oracle_loo)} bytes:{tr.oracle.nbytes()} ({tr.oracle.nbytes() / 2**20:.0f} MiB) "
                f"time:{time.perf_counter() - clock_start:.1f}s")
     stream = TokenStream(train_files, a.vocab_size)
     loader = BatchLoader(stream, a.train_batch_tokens // tr.accum, a.train_seq_len, rt)
@@ -1749,35 +1843,30 @@ class ExportDoesNotFit(UserError):
 def fit_artifact(weights: dict[str, Tensor], plan, hessians, model_cfg: ModelConfig, a, code_bytes: int,
                  settings: dict) -> tuple[bytes, str]:
     """The artifact with the tightest clips (smallest widening in [1, FIT_MAX_WIDEN]) whose code + model bytes fit
-    ARTIFACT_TARGET_BYTES, and its export_fit log line. Bisection runs on rounding's entropy estimate, scaled by
-    the real/estimated ratio of one compression, so only the first and the final candidates are compressed (GPTQ
-    codes of the same scales compress within a fraction of a percent of it; a miss widens 1% and retries)."""
-    t0, target, tries = time.perf_counter(), a.artifact_target_bytes - code_bytes, 0
-
-    def build(widen: float) -> bytes:
-        nonlocal tries
+    ARTIFACT_TARGET_BYTES, and its export_fit log line. Candidates are chosen by bisection on an estimate (rounding's
+    code entropy, milliseconds) times the real/estimated ratio learned from each compressed candidate, so usually
+    one candidate is quantized with GPTQ and compressed, and a miss costs one more."""
+    t0, target, tries, ratio, widen = time.perf_counter(), a.artifact_target_bytes - code_bytes, 0, 1.0, 1.0
+    estimate = lambda w: estimated_bytes(quantize_state(weights, plan, w))
+    while True:
+        if estimate(widen) * ratio > target:
+            lo, hi = widen, FIT_MAX_WIDEN
+            if estimate(hi) * ratio > target:
+                lo = hi  # try the widest for real: a pessimistic estimate must not stop a run
+            while hi / lo > 1.005:
+                mid = math.sqrt(lo * hi)
+                lo, hi = (lo, mid) if estimate(mid) * ratio <= target else (mid, hi)
+            widen = hi
         tries += 1
-        return serialize_artifact(quantize_state(weights, plan, widen, hessians), model_cfg, settings)
-    widen, blob = 1.0, build(1.0)
-    if len(blob) > target:
-        ratio = len(blob) / estimated_bytes(quantize_state(weights, plan, 1.0))
-        lo, hi = 1.0, FIT_MAX_WIDEN
-        if estimated_bytes(quantize_state(weights, plan, hi)) * ratio > target:
-            hi = lo = FIT_MAX_WIDEN  # checked for real below, so an estimate that is too pessimistic cannot stop a run
-        while hi / lo > 1.005:
-            mid = math.sqrt(lo * hi)
-            if estimated_bytes(quantize_state(weights, plan, mid)) * ratio <= target:
-                hi = mid
-            else:
-                lo = mid
-        widen = hi
-        while len(blob := build(widen)) > target and widen < FIT_MAX_WIDEN:
-            widen = min(widen * 1.01, FIT_MAX_WIDEN)
-        if len(blob) > target:
+        blob = serialize_artifact(quantize_state(weights, plan, widen, hessians), model_cfg, settings)
+        if len(blob) <= target:
+            break
+        if widen >= FIT_MAX_WIDEN:
             raise ExportDoesNotFit(
                 f"export: even clips {FIT_MAX_WIDEN:g}x wider than QUANT_CLIP_* leave {len(blob) + code_bytes} bytes > "
                 f"ARTIFACT_TARGET_BYTES={a.artifact_target_bytes}; lower QUANT_BITS/QUANT_MLP_BITS/QUANT_EMBED_BITS "
                 f"or shrink the model (MODEL_DIM, MLP_MULT, NUM_KV_HEADS, NUM_LAYERS); bench/artifact_size.py projects any")
+        ratio = max(ratio * 1.002, len(blob) / estimate(widen))  # learned here; strictly growing, so it ends
     k = lambda knob: f"{getattr(a, knob) * widen:.2f}"
     line = (f"export_fit method:{a.quant_method} k_attn:{k('quant_clip_attn')} k_mlp:{k('quant_clip_mlp')} "
             f"k_embed:{k('quant_clip_embed')} widen:{widen:.3f} bytes:{len(blob) + code_bytes} "

@@ -1,7 +1,14 @@
-"""N-gram table speed: prefill tokens/s and expert-probability lookups/s, normalized vs hashed_target.
+"""N-gram table speed: prefill tokens/s and lookups/s for hashed_target, normalized, and normalized with the tilt
+head's hints (NgramCache(..., hints=True): every add also keeps each context's most frequent next token).
 
-    python3 bench/ngram_speed.py                          # 100M tokens, orders 2..16, 4,194,304 buckets (GPU)
-    BENCH_TOKENS=2000000 NGRAM_BUCKETS=1048576 python3 bench/ngram_speed.py   # CPU-sized
+    python3 bench/ngram_speed.py                      # 100M tokens, orders 2..7 and 2..16, 4,194,304 buckets (GPU)
+    BENCH_TOKENS=300000 NGRAM_BUCKETS=1048576 python3 bench/ngram_speed.py   # CPU-sized: ~1-2 min on 2 cores
+BENCH_BLOCK (4,194,304) tokens per prefill block; lookups are timed at min(BENCH_TOKENS, 1,048,576) random positions.
+
+Prefill does prefill_ngram_cache's per-block work on one rank (stream_key_counts, then NgramCache.add) on
+Zipf-like random tokens. Lookups, per scored position and all orders at once, as score_chunk does them:
+  expert_probs  target_keys + NgramCache.expert_probs (the mixer heads' per-order probabilities)
+  hint          target_keys + NgramCache.hint (the tilt head's hinted token; normalized tables with hints only)
 """
 import os
 import sys
@@ -15,6 +22,8 @@ import train_gpt as tg  # noqa: E402
 
 TOKENS = int(os.environ.get("BENCH_TOKENS", 100_000_000))
 BLOCK = int(os.environ.get("BENCH_BLOCK", 1 << 22))
+VOCAB, MIN_COUNT, CONFIDENCE = 1024, 2, 0.5  # train_gpt's defaults (VOCAB_SIZE, NGRAM_MIN_COUNT, NGRAM_TILT_CONFIDENCE)
+KINDS = [("hashed_target", False), ("normalized", False), ("normalized + hints (tilt)", True)]
 
 
 def sync():
@@ -22,37 +31,47 @@ def sync():
         torch.cuda.synchronize()
 
 
-def run(scoring: str, max_order: int, buckets: int, device) -> tuple[float, float]:
-    cache = tg.NgramCache(max_order, buckets, 1024, scoring, 2, device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    # Zipf-like tokens with repeats, closer to text than uniform noise
-    toks = (torch.rand(TOKENS, generator=gen, device=device) ** 3 * 1024).long()
+def seconds(fn) -> float:
     sync()
     t0 = time.perf_counter()
-    span = max_order - 1
-    for s in range(0, TOKENS - 1, BLOCK):  # the same per-block work as prefill_ngram_cache on one rank
-        s0 = max(0, s - span)
-        cache.add(*tg.stream_key_counts(cache, toks[s0:s + BLOCK], max(s - s0, 1)))
+    fn()
     sync()
-    prefill = TOKENS / (time.perf_counter() - t0)
-    idx = torch.randint(max_order, TOKENS, (min(TOKENS, 1 << 20),), generator=gen, device=device)
-    t0 = time.perf_counter()
-    p, valid = cache.expert_probs(tg.target_keys(cache, toks, idx, toks[idx]))
-    sync()
-    lookup = idx.numel() / (time.perf_counter() - t0)
-    return prefill, lookup
+    return time.perf_counter() - t0
+
+
+def run(scoring: str, hints: bool, max_order: int, buckets: int, toks: torch.Tensor) -> dict:
+    cache = tg.NgramCache(max_order, buckets, VOCAB, scoring, MIN_COUNT, toks.device, hints=hints)
+    span = len(cache.orders)
+
+    def prefill():
+        for s in range(0, toks.numel() - 1, BLOCK):
+            s0 = max(0, s - span)
+            cache.add(*tg.stream_key_counts(cache, toks[s0:s + BLOCK], max(s - s0, 1)))
+    out = dict(prefill=toks.numel() / seconds(prefill))
+    gen = torch.Generator(device=toks.device).manual_seed(1)
+    idx = torch.randint(max_order, toks.numel(), (min(toks.numel(), 1 << 20),), generator=gen, device=toks.device)
+    out["probs"] = idx.numel() / seconds(lambda: cache.expert_probs(tg.target_keys(cache, toks, idx, toks[idx])))
+    if hints:
+        out["hint"] = idx.numel() / seconds(lambda: cache.hint(tg.target_keys(cache, toks, idx, toks[idx]), CONFIDENCE))
+    out["mib"] = cache.nbytes() / 2**20
+    return out
 
 
 def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     buckets = int(os.environ.get("NGRAM_BUCKETS", 4194304))
-    print(f"device:{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} tokens:{TOKENS} "
-          f"buckets:{buckets} block:{BLOCK}")
-    print("| orders | scoring | prefill tokens/s | scored positions/s (all orders) |\n|---|---|---|---|")
+    gen = torch.Generator(device=device).manual_seed(0)
+    toks = (torch.rand(TOKENS, generator=gen, device=device) ** 3 * VOCAB).long()  # Zipf-like: repeats, as text has
+    print(f"device:{torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu ({torch.get_num_threads()} threads)'} "
+          f"tokens:{TOKENS} buckets:{buckets} block:{BLOCK} min_count:{MIN_COUNT}")
+    print("| orders | tables | MiB | prefill tokens/s | expert_probs positions/s | hint positions/s |\n"
+          "|---|---|---|---|---|---|")
     for max_order in (7, 16):
-        for scoring in ("hashed_target", "normalized"):
-            prefill, lookup = run(scoring, max_order, buckets, device)
-            print(f"| 2..{max_order} | {scoring} | {prefill / 1e6:,.3g}M | {lookup / 1e6:,.3g}M |")
+        for name, hints in KINDS:
+            r = run(name.split()[0], hints, max_order, buckets, toks)
+            hint = f"{r['hint'] / 1e6:.3g}M" if hints else "-"
+            print(f"| 2..{max_order} | {name} | {r['mib']:.0f} | {r['prefill'] / 1e6:.3g}M | {r['probs'] / 1e6:.3g}M | "
+                  f"{hint} |", flush=True)
 
 
 if __name__ == "__main__":

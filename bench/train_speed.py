@@ -24,6 +24,7 @@ import contextlib
 import gc
 import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,8 +187,9 @@ def free_memory():
 
 
 def measure(make, tokens_per_step: int, split: bool = True) -> dict:
-    """BENCH_WARM untimed steps, BENCH_STEPS timed ones (throughput, peak memory), then BENCH_STEPS synchronized
-    ones with the parts timed (the split, ms/step)."""
+    """BENCH_WARM untimed steps, BENCH_STEPS timed ones (ms/step, peak memory), then BENCH_STEPS with the parts
+    timed (the split). Each step ends in a synchronize, as train()'s per-step clock read (.item()) does; every
+    figure is the median over steps, which a shared machine's other processes disturb least."""
     timers = Timers()
     runner = make(timers)
     try:
@@ -196,24 +198,25 @@ def measure(make, tokens_per_step: int, split: bool = True) -> dict:
         sync()
         if CUDA:
             torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
+        times = []
         for i in range(WARM, WARM + STEPS):
+            t0 = time.perf_counter()
             runner.step(i)
-        sync()
-        ms = (time.perf_counter() - t0) * 1000 / STEPS
+            sync()
+            times.append((time.perf_counter() - t0) * 1000)
+        ms = statistics.median(times)
         peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
-        parts = {}
-        if split:
-            timers.on = True
-            with timed_clip(timers):
+        steps = []
+        timers.on = split
+        with timed_clip(timers):
+            for i in range(WARM + STEPS, WARM + 2 * STEPS if split else 0):
+                timers.s.clear()
                 t0 = time.perf_counter()
-                for i in range(WARM + STEPS, WARM + 2 * STEPS):
-                    runner.step(i)
+                runner.step(i)
                 sync()
-                total = (time.perf_counter() - t0) * 1000 / STEPS
-            parts = {k: v * 1000 / STEPS for k, v in timers.s.items()}
-            parts["total"] = total
-            parts["fwd_bwd"] = total - sum(v for k, v in parts.items() if k != "total")
+                total, parts = (time.perf_counter() - t0) * 1000, {k: v * 1000 for k, v in timers.s.items()}
+                steps.append(parts | {"total": total, "fwd_bwd": total - sum(parts.values())})
+        parts = {k: statistics.median(p.get(k, 0.0) for p in steps) for k in {k for p in steps for k in p}}
         return dict(ms=ms, tps=tokens_per_step / ms * 1000, peak=peak, parts=parts)
     finally:
         runner.close()
@@ -314,8 +317,8 @@ def main():
           f"batch_tokens:{a.train_batch_tokens} seq:{a.train_seq_len} grad_accum:{tg.grad_accum_steps(a, 1)} "
           f"orders:2..{a.ngram_max_order} oracle_tokens:{ORACLE_TOKENS} data:{data} steps:{STEPS} "
           f"(after {WARM} warm-up) baseline:{BASELINE if old else 'none'}")
-    print("ms per step; the split comes from a second, synchronized pass (its total is 'split total'); "
-          "fwd+bwd = split total - the other parts")
+    print("ms per step, medians over steps; the split comes from a second pass synchronized around every part "
+          "(its step time is 'split total'); fwd+bwd = split total - the other parts")
     rows = []
     for head in ("none", "multi"):
         a_head = tg.load_hyperparameters(env | {"MIXER_HEAD": head})

@@ -159,9 +159,10 @@ def write_shards(tmp_path, sizes, seed=5):
     ((2500, 3, 1700), 0),  # a shard shorter than the context: the next shard's contexts reach two shards back
     ((3, 1700), 0),  # a first shard shorter than the context
 ])
-def test_prefill_equals_per_shard_reference(tmp_path, sizes, max_tokens):
+@pytest.mark.parametrize("frozen", [True, False], ids=["sorted", "hashed"])
+def test_prefill_equals_per_shard_reference(tmp_path, sizes, max_tokens, frozen):
     files, data = write_shards(tmp_path, sizes)
-    cache = tg.make_cache(MAX_ORDER, 1 << 15, V, "normalized", 1, "cpu")
+    cache = tg.make_cache(MAX_ORDER, 1 << 15, V, "normalized", 1, "cpu", frozen=frozen)
     lines = []
     total = tg.prefill_ngram_cache(cache, files, max_tokens, V, tg.Runtime(0, 1, 0, torch.device("cpu"), lines.append, "t"),
                                    block_tokens=1000)
@@ -539,3 +540,29 @@ def test_clone_is_a_deep_copy(scoring, buckets):
     if small:  # the 12 new tokens of c all landed in the original: its budget was not spent by the copy
         ck = original.keys(c_part[:-1], c_part[1:])
         assert original.expert_probs(ck)[1][ck >= 0].all()
+
+
+@pytest.mark.parametrize("segments, capacity", [(1, 64), (7, 256), (30, 128)])
+def test_sorted_table_equals_count_table_call_by_call(segments, capacity):
+    """The frozen oracle's sorted table keeps CountTable's semantics exactly: the same keys stored (budget filled by
+    the most frequent new keys, ties by position), the same counts, with edge keys 0 and 2**63-1 and keys that share
+    their low bits (runs in the sorted order)."""
+    gen = torch.Generator().manual_seed(segments)
+    top = (1 << 63) - 1
+    pool = torch.cat([torch.randint(0, top, (400,), generator=gen), torch.tensor([0, 1, top, top - 1]),
+                      torch.tensor([12345 + (h << 58) for h in range(32)])])
+    hashed, ordered = tg.CountTable(segments, capacity, "cpu"), tg.SortedCounts(segments, capacity, "cpu")
+    for _ in range(8):
+        seg = torch.randint(0, segments, (150,), generator=gen)
+        key = pool[torch.randint(0, pool.numel(), (150,), generator=gen)]
+        pairs = torch.unique(torch.stack([seg, key], 1), dim=0)
+        pairs = pairs[torch.randperm(pairs.size(0), generator=gen)]
+        counts = torch.randint(1, 6, (pairs.size(0),), generator=gen)
+        k, s = pairs[:, 1].contiguous(), pairs[:, 0].contiguous()
+        assert torch.equal(hashed.add(k, counts, s), ordered.add(k, counts, s))
+        assert torch.equal(hashed.used, ordered.used)
+    every_seg = torch.arange(segments).repeat_interleave(pool.numel())
+    every_key = pool.repeat(segments)
+    assert torch.equal(hashed.lookup(every_key, every_seg).long(), ordered.lookup(every_key, every_seg).long())
+    assert (ordered.lookup(every_key, every_seg) > 0).sum() > 0
+

@@ -21,19 +21,20 @@ def reference_counts(tokens: list[int]):
     return pair, ctx
 
 
+@pytest.mark.parametrize("frozen", [True, False], ids=["sorted", "hashed"])
 @pytest.mark.parametrize("prefill_tokens, skip", [
     (0, 37),  # start mid-stream, as a later training step does; the batch crosses the seam between the shards
     (300, 37),  # the batch straddles the counted prefix
     (0, 3000 - 100),  # the batch wraps around into the next epoch: its first contexts reach into the last shard
 ])
-def test_leave_one_out_matches_reference(tmp_path, prefill_tokens, skip):
+def test_leave_one_out_matches_reference(tmp_path, prefill_tokens, skip, frozen):
     gen = np.random.default_rng(0)
     motif = gen.integers(0, V, 12)
     tokens = np.concatenate([motif if gen.random() < 0.6 else gen.integers(0, V, 12) for _ in range(250)])
     tg.write_shard(tmp_path / "fineweb_train_000000.bin", tokens[:200])
     tg.write_shard(tmp_path / "fineweb_train_000001.bin", tokens[200:])
     files = tg.list_shards(str(tmp_path), "train")
-    cache = tg.make_cache(MAX_ORDER, 1 << 14, V, "normalized", 2, "cpu")
+    cache = tg.make_cache(MAX_ORDER, 1 << 14, V, "normalized", 2, "cpu", frozen=frozen)
     counted_tokens = tg.prefill_ngram_cache(cache, files, prefill_tokens, V, tg.Runtime(0, 1, 0, torch.device("cpu"), print, "t"),
                                             block_tokens=70)
     assert counted_tokens == (prefill_tokens or tokens.size)
