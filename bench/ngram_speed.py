@@ -1,5 +1,6 @@
 """N-gram table speed: prefill tokens/s and lookups/s for hashed_target, normalized, and normalized with the tilt
-head's hints (NgramCache(..., hints=True): every add also keeps each context's most frequent next token).
+head's hints (make_cache(..., hints=True): every add also keeps each context's most frequent next token), and the
+training oracle's frozen table (make_cache(..., frozen=True)) where train_gpt.py has one.
 
     python3 bench/ngram_speed.py                      # 100M tokens, orders 2..7 and 2..16, 4,194,304 buckets (GPU)
     BENCH_TOKENS=300000 NGRAM_BUCKETS=1048576 python3 bench/ngram_speed.py   # CPU-sized: ~1-2 min on 2 cores
@@ -10,6 +11,7 @@ Zipf-like random tokens. Lookups, per scored position and all orders at once, as
   expert_probs  target_keys + NgramCache.expert_probs (the mixer heads' per-order probabilities)
   hint          target_keys + NgramCache.hint (the tilt head's hinted token; normalized tables with hints only)
 """
+import inspect
 import os
 import sys
 import time
@@ -23,7 +25,12 @@ import train_gpt as tg  # noqa: E402
 TOKENS = int(os.environ.get("BENCH_TOKENS", 100_000_000))
 BLOCK = int(os.environ.get("BENCH_BLOCK", 1 << 22))
 VOCAB, MIN_COUNT, CONFIDENCE = 1024, 2, 0.5  # train_gpt's defaults (VOCAB_SIZE, NGRAM_MIN_COUNT, NGRAM_TILT_CONFIDENCE)
-KINDS = [("hashed_target", False), ("normalized", False), ("normalized + hints (tilt)", True)]
+# (label, NGRAM_SCORING, make_cache keyword arguments): the eval cache of each head, and the training oracle's
+# frozen table when this train_gpt.py has one (read-only after prefill)
+KINDS = [("hashed_target", "hashed_target", {}), ("normalized", "normalized", {}),
+         ("normalized + hints (tilt)", "normalized", {"hints": True})]
+if "frozen" in inspect.signature(tg.make_cache).parameters:
+    KINDS.append(("normalized frozen (oracle)", "normalized", {"frozen": True}))
 
 
 def sync():
@@ -39,8 +46,8 @@ def seconds(fn) -> float:
     return time.perf_counter() - t0
 
 
-def run(scoring: str, hints: bool, max_order: int, buckets: int, toks: torch.Tensor) -> dict:
-    cache = tg.NgramCache(max_order, buckets, VOCAB, scoring, MIN_COUNT, toks.device, hints=hints)
+def run(scoring: str, options: dict, max_order: int, buckets: int, toks: torch.Tensor) -> dict:
+    cache = tg.make_cache(max_order, buckets, VOCAB, scoring, MIN_COUNT, toks.device, **options)
     span = len(cache.orders)
 
     def prefill():
@@ -51,7 +58,7 @@ def run(scoring: str, hints: bool, max_order: int, buckets: int, toks: torch.Ten
     gen = torch.Generator(device=toks.device).manual_seed(1)
     idx = torch.randint(max_order, toks.numel(), (min(toks.numel(), 1 << 20),), generator=gen, device=toks.device)
     out["probs"] = idx.numel() / seconds(lambda: cache.expert_probs(tg.target_keys(cache, toks, idx, toks[idx])))
-    if hints:
+    if options.get("hints"):
         out["hint"] = idx.numel() / seconds(lambda: cache.hint(tg.target_keys(cache, toks, idx, toks[idx]), CONFIDENCE))
     out["mib"] = cache.nbytes() / 2**20
     return out
@@ -67,9 +74,9 @@ def main():
     print("| orders | tables | MiB | prefill tokens/s | expert_probs positions/s | hint positions/s |\n"
           "|---|---|---|---|---|---|")
     for max_order in (7, 16):
-        for name, hints in KINDS:
-            r = run(name.split()[0], hints, max_order, buckets, toks)
-            hint = f"{r['hint'] / 1e6:.3g}M" if hints else "-"
+        for name, scoring, options in KINDS:
+            r = run(scoring, options, max_order, buckets, toks)
+            hint = f"{r['hint'] / 1e6:.3g}M" if "hint" in r else "-"
             print(f"| 2..{max_order} | {name} | {r['mib']:.0f} | {r['prefill'] / 1e6:.3g}M | {r['probs'] / 1e6:.3g}M | "
                   f"{hint} |", flush=True)
 

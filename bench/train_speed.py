@@ -1,21 +1,25 @@
 """Training step speed of today's train_gpt.py against a baseline commit, in one process on one config.
 
-    python3 bench/train_speed.py                        # the default 11-layer config (GPU; ~3 min on an H100)
+    python3 bench/train_speed.py                        # the default 11-layer config (GPU: ~10 min on an H100,
+                                                        # most of it compiling the 8 models it builds)
     PRESET=smoke python3 bench/train_speed.py           # tiny, on CPU: ~1 min on 2 cores
     PRESET=smoke NUM_LAYERS=4 MODEL_DIM=128 TRAIN_BATCH_TOKENS=16384 TRAIN_SEQ_LEN=256 python3 bench/train_speed.py
-                                                        # a little bigger, on CPU: ~3 min on 2 cores
+                                                        # a little bigger, on CPU: ~4 min on 2 cores
 Model and mixer knobs come from the environment as in train_gpt.py (TRAIN_BATCH_TOKENS, NGRAM_MAX_ORDER, ...).
 Bench knobs: BENCH_STEPS (10) timed steps after BENCH_WARM (3) untimed ones; BENCH_ORACLE_TOKENS (2,000,000)
-counted into the oracle; BENCH_BASELINE (8ce0b6e, the commit measured on the H100 in GPU_MEASUREMENTS.md; "none"
-skips it); BENCH_ACCUM ("1,2,4,8"; empty skips the sweep) GRAD_ACCUM_STEPS values to sweep.
+counted into the oracle (a real run counts the whole training set: raise it to see lookups in bigger tables);
+BENCH_BASELINE (8ce0b6e, the commit measured on the H100 in GPU_MEASUREMENTS.md; "none" skips it); BENCH_ACCUM
+("1,2,4,8"; empty skips the sweep): the GRAD_ACCUM_STEPS values to sweep.
 
-Prints, for MIXER_HEAD none and multi, today's code and the baseline's train_step on the same config, tokens and
-oracle counts:
-  ms/step, tokens/s, peak GiB   from BENCH_STEPS steps with no extra synchronization (the real throughput);
-  the split per step            from a second pass of BENCH_STEPS steps that synchronizes (CUDA) around every
-                                part: data wait (blocked in loader.next(), or the baseline's next_micro_batch),
-                                oracle lookups (NgramCache.keys and .expert_probs, separately), optimizer (Muon,
-                                Adam, EMA update), grad clip, and forward+backward = the rest of the step.
+Prints, for MIXER_HEAD none and multi, today's train_step(tr, loader, lr_mul, momentum) and the baseline's
+train_step(model, optimizers, stream, ...) on the same config, tokens and oracle counts, each followed by the EMA
+update as the training loop runs it. Every step ends in a synchronize (the loop's per-step clock read does the
+same) and every figure is the median over steps, which a shared machine's other processes disturb least:
+  ms/step, tokens/s, peak GiB   from BENCH_STEPS steps;
+  the split per step            from BENCH_STEPS more steps that synchronize (CUDA) around every part: data wait
+                                (blocked in loader.next(), or in the baseline's next_micro_batch), oracle lookups
+                                (NgramCache.keys and .expert_probs, separately), optimizer (Muon, Adam, EMA update),
+                                grad clip, and forward+backward = the rest of the step.
 Then the GRAD_ACCUM_STEPS sweep (fastest that fits in memory; torch.cuda.OutOfMemoryError is caught) and, on CUDA,
 forward+backward of the attention shape under each SDPA backend (and FlashAttention 3 when installed).
 Tokens: the training shards of DATA_PATH when present, else random tokens (train_gpt.RandomTokens).
@@ -23,6 +27,7 @@ Tokens: the training shards of DATA_PATH when present, else random tokens (train
 import contextlib
 import gc
 import importlib.util
+import inspect
 import os
 import statistics
 import subprocess
@@ -110,12 +115,15 @@ def token_source(a):
 
 
 def filled_oracle(mod, a):
-    """mod's oracle over the stream's first ORACLE_TOKENS tokens (prefill_ngram_cache's per-block work), so
-    lookups probe populated tables; returns (cache, tokens counted) or (None, 0) when the head needs none."""
+    """mod's training oracle over the stream's first ORACLE_TOKENS tokens, built as mod's prefill_ngram_cache builds
+    it on one rank (same table kind, same block size), so lookups probe populated tables; returns (cache, tokens
+    counted) or (None, 0) when the head needs no oracle."""
     if not mod.needs_oracle(a):
         return None, 0
-    cache, toks = mod.new_cache(a, DEVICE), torch.from_numpy(token_source(a).take(ORACLE_TOKENS).astype("int64"))
-    block, span = 1 << 20, len(cache.orders)
+    frozen = {"frozen": True} if "frozen" in inspect.signature(mod.new_cache).parameters else {}
+    cache, toks = mod.new_cache(a, DEVICE, **frozen), torch.from_numpy(token_source(a).take(ORACLE_TOKENS).astype("int64"))
+    span = len(cache.orders)
+    block = max(1 << 18, (1 << 25) // span)  # prefill_ngram_cache's default block_tokens at world size 1
     for s in range(0, toks.numel() - 1, block):
         s0 = max(0, s - span)
         cache.add(*mod.stream_key_counts(cache, toks[s0:s + block].to(DEVICE), max(s - s0, 1)))
