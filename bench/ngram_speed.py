@@ -4,6 +4,7 @@ training oracle's frozen table (make_cache(..., frozen=True)) where train_gpt.py
 
     python3 bench/ngram_speed.py                      # 100M tokens, orders 2..7 and 2..16, 4,194,304 buckets (GPU)
     BENCH_TOKENS=300000 NGRAM_BUCKETS=1048576 python3 bench/ngram_speed.py   # CPU-sized: ~1-2 min on 2 cores
+On a CPU shared with other work, prefix OMP_NUM_THREADS=1 (two threads on two busy cores spin against each other).
 BENCH_BLOCK (4,194,304) tokens per prefill block; lookups are timed at min(BENCH_TOKENS, 1,048,576) random positions.
 
 Prefill does prefill_ngram_cache's per-block work on one rank (stream_key_counts, then NgramCache.add) on

@@ -22,11 +22,14 @@ oracle) and the seeds' (hashed_target, oracle without leave-one-out); BENCH_ROWS
 
 Commands:
     python3 bench/seed_systems.py                       # full-size runs (GPU; BENCH_NPROC=8 for 8 GPUs)
-    DATA_PATH=/work/data/docs_sp1024 TOKENIZER_PATH=/work/shared/data/fineweb_1024_bpe.model PRESET=smoke \\
-      NUM_LAYERS=4 MODEL_DIM=128 ITERATIONS=300 TRAIN_BATCH_TOKENS=8192 EVAL_MAX_TOKENS=131072 \\
+    OMP_NUM_THREADS=1 DATA_PATH=/work/data/docs_sp1024 TOKENIZER_PATH=/work/shared/data/fineweb_1024_bpe.model \\
+      PRESET=smoke NUM_LAYERS=4 MODEL_DIM=128 ITERATIONS=300 TRAIN_BATCH_TOKENS=8192 EVAL_MAX_TOKENS=131072 \\
       EVAL_CHUNK_TOKENS=32768 NGRAM_BUCKETS=1048576 NGRAM_PREFILL_TOKENS=4000000 python3 bench/seed_systems.py
-                                                        # CPU-sized: ~8 min on 2 shared cores (train ~2 min,
-                                                        # then ~1 min per LOAD_ARTIFACT row)
+                                                        # CPU-sized: ~8 min on one core (training ~5 min, then
+                                                        # ~30 s per LOAD_ARTIFACT row); with ITERATIONS=60
+                                                        # EVAL_MAX_TOKENS=65536 EVAL_CHUNK_TOKENS=16384: ~3.5 min
+On a CPU shared with other work, OMP_NUM_THREADS=1 keeps torch's threads from spinning against each other (the
+same runs with two threads on two busy cores were ~5x slower).
 Any train_gpt.py variable in the environment (or in BENCH_BASE="K=V ...") applies to every run, and a row's own
 variables win over it; in systems mode BENCH_BASE wins over a system's variables (e.g. a smaller EVAL_CHUNK_TOKENS
 on a CPU). BENCH_WORKDIR keeps the logs and the artifact there (default: a temporary folder, removed);
@@ -89,7 +92,7 @@ def run(env: dict, workdir: Path, nproc: int) -> dict:
     proc = subprocess.run(cmd, cwd=workdir, env=os.environ | env, capture_output=True, text=True)
     fields = {"wall": time.perf_counter() - t0}
     if proc.returncode:
-        return fields | {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        return fields | {"error": (proc.stderr.strip().splitlines() or ["?"])[-1].removeprefix("error: ")}
     for line in proc.stdout.splitlines():
         name, _, rest = line.partition(" ")
         if name == "compliance_json":

@@ -5,6 +5,7 @@
     PRESET=smoke python3 bench/train_speed.py           # tiny, on CPU: ~1 min on 2 cores
     PRESET=smoke NUM_LAYERS=4 MODEL_DIM=128 TRAIN_BATCH_TOKENS=16384 TRAIN_SEQ_LEN=256 python3 bench/train_speed.py
                                                         # a little bigger, on CPU: ~4 min on 2 cores
+On a CPU shared with other work, prefix OMP_NUM_THREADS=1 (two threads on two busy cores spin against each other).
 Model and mixer knobs come from the environment as in train_gpt.py (TRAIN_BATCH_TOKENS, NGRAM_MAX_ORDER, ...).
 Bench knobs: BENCH_STEPS (10) timed steps after BENCH_WARM (3) untimed ones; BENCH_ORACLE_TOKENS (2,000,000)
 counted into the oracle (a real run counts the whole training set: raise it to see lookups in bigger tables);
@@ -189,8 +190,11 @@ class Baseline:
 
 
 def free_memory():
+    """Between measurements: drop the last model's memory and compiled graphs (each measurement compiles its own,
+    during its warm-up steps, and never meets torch.compile's recompile limit)."""
     gc.collect()
     if CUDA:
+        torch._dynamo.reset()
         torch.cuda.empty_cache()
 
 
@@ -214,10 +218,9 @@ def measure(make, tokens_per_step: int, split: bool = True) -> dict:
             times.append((time.perf_counter() - t0) * 1000)
         ms = statistics.median(times)
         peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
-        steps = []
-        timers.on = split
+        steps, timers.on = [], True
         with timed_clip(timers):
-            for i in range(WARM + STEPS, WARM + 2 * STEPS if split else 0):
+            for i in range(WARM + STEPS, WARM + 2 * STEPS) if split else ():
                 timers.s.clear()
                 t0 = time.perf_counter()
                 runner.step(i)
@@ -262,6 +265,8 @@ def accum_sweep(env: dict):
         try:
             r = measure(lambda t: Today(a, t), a.train_batch_tokens, split=False)
         except torch.cuda.OutOfMemoryError:
+            r = None
+        if r is None:  # outside the except block, so the traceback no longer holds the model's tensors
             free_memory()
             print(f"| {accum} | {a.train_batch_tokens // accum:,} | out of memory | | |", flush=True)
             continue
