@@ -121,6 +121,9 @@ def main():
     for name, extra in ROWS:
         if name == "+ TTT" and a.ttt_epochs == 0:
             extra = extra | {"TTT_EPOCHS": "1"}
+        if name == "+ tilt head" and a.ngram_scoring != "normalized":
+            print(f"| {name} | skipped: the tilt needs NGRAM_SCORING=normalized | | | | | | |")
+            continue
         s = timed_eval(env | extra, tokens)
         projected = ((s["total"] - s["cache"]) / 8 + s["cache"]) * tg.FINEWEB_VAL_TARGETS / n
         print(f"| {name} | {s['total']:.2f} | {n / s['total']:,.0f} | {s['forward']:.2f} | {s['mixed_nll']:.2f} | "

@@ -237,13 +237,13 @@ def measure(make, tokens_per_step: int, split: bool = True) -> dict:
 
 def print_step_table(rows: list[tuple[str, str, dict]]):
     print("\n| code | MIXER_HEAD | ms/step | tokens/s | peak GiB | split total | fwd+bwd | optimizer (Muon / Adam / EMA) "
-          "| clip | data wait | oracle keys | expert_probs | today vs baseline |")
+          "| clip | data wait | oracle keys | expert_probs | speed-up (baseline ms / today ms) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     base = {head: r["ms"] for code, head, r in rows if code != "today"}
     for code, head, r in rows:
         p = defaultdict(float, r["parts"])
         opt = p["muon"] + p["adam"] + p["ema"]
-        speed = f"{base[head] / r['ms']:.2f}x faster" if code == "today" and head in base else ""
+        speed = f"{base[head] / r['ms']:.2f}x" if code == "today" and head in base else ""
         print(f"| {code} | {head} | {r['ms']:.1f} | {r['tps']:,.0f} | {r['peak']:.2f} | {p['total']:.1f} | "
               f"{p['fwd_bwd']:.1f} | {opt:.1f} ({p['muon']:.1f} / {p['adam']:.1f} / {p['ema']:.1f}) | {p['clip']:.1f} | "
               f"{p['data']:.1f} | {p['keys']:.1f} | {p['probs']:.1f} | {speed} |", flush=True)

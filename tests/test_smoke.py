@@ -71,6 +71,11 @@ def test_artifact_reevaluated_in_fresh_process_reproduces_exactly(one_rank_run):
                             "TOKENIZER_PATH": str(tok), "TTT_EPOCHS": "0", "EVAL_MAX_TOKENS": "8192"})
     assert_finished(other)
     assert 'overridden:{"EVAL_MAX_TOKENS": 8192, "TTT_EPOCHS": 0}' in other.stdout
+    wrong = run_train(tmp, {"RUN_ID": "r1_eval_16", "LOAD_ARTIFACT": "logs/r1.ptz", "DATA_PATH": str(data),
+                            "TOKENIZER_PATH": str(tok), "NGRAM_MAX_ORDER": "16"})
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
+        "error: logs/r1.ptz has a gate for 7 experts but MIXER_HEAD=multi with NGRAM_MAX_ORDER=16 needs 16; use the "
+        "order it was trained with, or another head"]
 
 
 def test_packed_script_behaves_identically_and_counts_its_own_bytes(one_rank_run, tmp_path):
