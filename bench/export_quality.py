@@ -12,8 +12,8 @@ knobs set the reference bits and clips. The weights and Hessians that train() re
 (default /work/scratch/export), keyed by the training configuration; BENCH_RETRAIN=1 trains again.
 BENCH_VAL_TOKENS (131072): validation targets scored, plain eval (stride = seq_len), neural only.
 BENCH_TABLES (A,B,C), BENCH_CLIPS (4,6,8,10,12.85), BENCH_SWEEP_METHODS (gptq; gptq,rtn adds RTN): what to run.
-Measured on 2 shared CPU cores: training 104 s (once; 2-4x that when other jobs share the cores), tables A+B+C
-483 s (each eval 20-30 s; A about 5 min, B 30 s, C 2 min). Every number is one export and one eval of one model.
+Measured on 2 CPU cores shared with other jobs: training 104-491 s (once, then cached), tables A+B+C 483-537 s (each
+eval 20-30 s; A about 5 min, B 30 s, C 2-3 min). Every number is one export and one eval of one model.
 """
 import dataclasses
 import hashlib
@@ -154,7 +154,7 @@ def table_a(b: Bench):
     for bits in sorted({b.a.quant_embed_bits, 6}, reverse=True):
         for emb_h, label in ((True, "with its Hessian (GPTQ)"), (False, "plain rounding")):
             r = b.row(b.args("gptq", 6, 6, embed_bits=bits), emb_hessian=emb_h)
-            print(b.fmt(f"int6 gptq, tok_emb int{bits} {label}", r, " 1.000 |"))
+            print(b.fmt(f"int6 gptq, embedding tables int{bits}, tok_emb {label}", r, " 1.000 |"))
     print("\n" + "\n".join(f"- {v}" for v in verdicts))
     print("- RTN at widen 1 vs the matched widen (clips < 3% apart) shows one export's rounding noise: treat cost "
           "differences of that size as ties")
