@@ -184,6 +184,7 @@ def test_record_folder_from_real_runs(one_rank_run, sample_data, tmp_path):
     (["--preset", "smoke"], {}, "takes no arguments (got '--preset smoke'); set environment variables, e.g. PRESET=smoke"),
     ([], {"TOKENIZER_PATH": "TOKENIZER"}, "is not a SentencePiece model"),
     ([], {"DATA_PATH": "EMPTY_SHARD"}, "empty shard (0 tokens)"),
+    ([], {"TRAIN_BATCH_TOKENS": str(1 << 24)}, "GiB free; raise GRAD_ACCUM_STEPS (now 1), lower TRAIN_BATCH_TOKENS"),
 ])
 def test_user_errors_are_one_line_and_exit_2(sample_data, tmp_path, argv, env, fragment):
     bad = tmp_path / "not_a_model.model"
