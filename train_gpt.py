@@ -1650,8 +1650,8 @@ def train(tr: Trainer, ev, plan: dict) -> tuple[dict[str, Tensor], dict[str, Ten
     loader = BatchLoader(stream, a.train_batch_tokens // tr.accum, a.train_seq_len, rt)
     averager = WeightAverager(model, a.ema_decay)
     loop_start_ms = shared_elapsed_ms(clock_start, rt)
-    schedule = Schedule(a, a.max_wallclock_seconds * 1000 - loop_start_ms - reserve_ms if a.max_wallclock_seconds
-                        else math.inf)
+    budget_ms = a.max_wallclock_seconds * 1000 - loop_start_ms - reserve_ms  # > 0, or the loop must not step at all
+    schedule = Schedule(a, max(budget_ms, 1e-3) if a.max_wallclock_seconds else math.inf)
     step = 0
     while True:
         train_ms = shared_elapsed_ms(clock_start + paused, rt) - loop_start_ms  # training steps only
