@@ -387,13 +387,19 @@ def check_memory(a, rt: Runtime, params: int, accum: int) -> None:
     tokens = a.train_batch_tokens // (rt.world * accum)
     value_bytes = 2 if rt.device.type == "cuda" else 4
     need = 24 * params + tokens * (a.num_layers * a.model_dim * (12 + 3 * a.mlp_mult) * value_bytes + 16 * a.vocab_size)
-    have = (torch.cuda.mem_get_info(rt.device)[1] if rt.device.type == "cuda"
+    have = (torch.cuda.mem_get_info(rt.device)[0] if rt.device.type == "cuda"
             else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
     rt.log(f"memory_estimate need:{need / 2**30:.1f}GiB available:{have / 2**30:.1f}GiB micro_batch_tokens:{tokens}")
     if need > have:
         raise UserError(f"a training step needs about {need / 2**30:.1f} GiB but this {rt.device.type} has "
                         f"{have / 2**30:.1f} GiB free; raise GRAD_ACCUM_STEPS (now {accum}), lower TRAIN_BATCH_TOKENS or "
                         "shrink the model, or on a CPU use PRESET=smoke")
+
+
+def synchronize(rt: Runtime) -> None:
+    """Wait for queued GPU work, so a clock reading includes it."""
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
 
 
 def mean_over_ranks(x: Tensor, rt: Runtime) -> float:
@@ -1176,9 +1182,10 @@ class NgramCache:
         if self.best is not None:  # counts only grow, so a running max of (count, token) is the argmax
             k, seg = k[stored], seg[stored]
             total = self.table.lookup(k, seg).long()
-            ctx_slots = self.table.find(k >> self.vocab_bits, seg + 1)
-            self.best.scatter_reduce_(0, ctx_slots, (total << self.vocab_bits) | (k & ((1 << self.vocab_bits) - 1)),
-                                      "amax")
+            ctx_slots, top = self.table.find(k >> self.vocab_bits, seg + 1), (total << self.vocab_bits) | (k & (
+                (1 << self.vocab_bits) - 1))
+            found = ctx_slots >= 0  # a context whose insert ran out of probes has no slot (and so no hint)
+            self.best.scatter_reduce_(0, ctx_slots[found], top[found], "amax")
 
     def expert_probs(self, keys: Tensor, counted: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(p [n_orders, ...] float32 of the keyed next token, valid [n_orders, ...] bool). valid reads only the
@@ -1510,7 +1517,7 @@ def needs_oracle(a) -> bool:
 
 def new_cache(a, device, frozen: bool = False) -> NgramCache:
     return make_cache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device,
-                      hints=a.mixer_head == "tilt", frozen=frozen)
+                      hints=a.mixer_head == "tilt" and not frozen, frozen=frozen)
 
 
 class RandomTokens:
@@ -1534,14 +1541,20 @@ class BatchLoader:
         pin = rt.device.type == "cuda"
 
         def fill():
-            while not self.stop.is_set():
-                batch = next_micro_batch(stream, global_tokens, seq_len, rt.rank, rt.world, torch.device("cpu"))
-                self.queue.put(tuple(t.pin_memory() for t in batch) if pin else batch)
+            try:
+                while not self.stop.is_set():
+                    batch = next_micro_batch(stream, global_tokens, seq_len, rt.rank, rt.world, torch.device("cpu"))
+                    self.queue.put(tuple(t.pin_memory() for t in batch) if pin else batch)
+            except Exception as e:  # e.g. a bad token id in a later shard: raised where the loop waits for it
+                self.queue.put(e)
         self.thread = threading.Thread(target=fill, daemon=True)
         self.thread.start()
 
     def next(self) -> tuple[Tensor, Tensor, Tensor]:
-        return tuple(t.to(self.device, non_blocking=True) for t in self.queue.get())
+        batch = self.queue.get()
+        if isinstance(batch, Exception):
+            raise batch
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
     def close(self) -> None:
         self.stop.set()
@@ -1608,8 +1621,10 @@ def warm_up(tr: Trainer, plan: dict) -> float:
         o.load_state_dict(s)
     if a.quant_method != "gptq":
         return 0.0
+    synchronize(tr.rt)
     t0 = time.perf_counter()
     collect_hessians(model, plan, dummy, 1, a, tr.rt)
+    synchronize(tr.rt)
     return time.perf_counter() - t0
 
 
@@ -1635,12 +1650,14 @@ def train(tr: Trainer, ev, plan: dict) -> tuple[dict[str, Tensor], dict[str, Ten
     weights to export, loaded into the model; their Hessians or None; seconds on the clock)."""
     a, rt, model = tr.a, tr.rt, tr.model
     calib_batches = -(-a.gptq_calibration_tokens // (a.train_batch_tokens // tr.accum)) if a.quant_method == "gptq" else 0
-    reserve_ms = 1000 * (1.5 * calib_batches * warm_up(tr, plan) + 1.0) if calib_batches and a.max_wallclock_seconds else 0
+    if needs_oracle(a):  # empty until prefill, but present in warm-up, so the compiled loss head sees its real inputs
+        tr.oracle = new_cache(a, rt.device, frozen=True)
+    calib_s = warm_up(tr, plan)
+    reserve_ms = 1000 * (1.5 * calib_batches * calib_s + 1.0) if calib_batches and a.max_wallclock_seconds else 0
     rt.log(f"warmup steps:{a.warmup_steps} grad_accum_steps:{tr.accum} calibration_reserve:{reserve_ms / 1000:.1f}s")
     train_files = list_shards(a.data_path, "train")
     clock_start, paused = time.perf_counter(), 0.0
-    if needs_oracle(a):
-        tr.oracle = new_cache(a, rt.device, frozen=True)
+    if tr.oracle is not None:
         tr.oracle_tokens = prefill_ngram_cache(tr.oracle, train_files, a.ngram_prefill_tokens, a.vocab_size, rt,
                                                PREFILL_MAX_SHARE * a.max_wallclock_seconds)
         rt.log(f"ngram_oracle tokens:{tr.oracle_tokens} orders:2..{a.ngram_max_order} leave_one_out:"
@@ -1691,6 +1708,7 @@ def train(tr: Trainer, ev, plan: dict) -> tuple[dict[str, Tensor], dict[str, Ten
         hessians = collect_hessians(model, plan, stream, a.gptq_calibration_tokens, a, rt)
         rt.log(f"gptq_calibration tokens:{calib_batches * (a.train_batch_tokens // tr.accum)} "
                f"seconds:{time.perf_counter() - t0:.1f} reserved:{reserve_ms / 1000:.1f}")
+    synchronize(rt)
     train_seconds = time.perf_counter() - clock_start - paused
     if rt.device.type == "cuda":
         rt.log(f"peak_memory allocated:{torch.cuda.max_memory_allocated() // 2**20}MiB")
@@ -1730,10 +1748,17 @@ def quantize_matrix(w: Tensor, scale: Tensor, bits: int, H: Tensor | None = None
     dead = H.diagonal() == 0  # inputs that were always zero: their weights never reach the output
     H[dead, dead] = 1.0
     w[:, dead] = 0.0
-    H.diagonal().add_(GPTQ_DAMPING * H.diagonal().mean())
     order = torch.argsort(H.diagonal(), descending=True)
-    w, H = w[:, order], H[order][:, order]
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    w, H, damp = w[:, order], H[order][:, order], GPTQ_DAMPING * H.diagonal().mean()
+    for _ in range(4):  # an H that is not positive definite enough: damp it harder; still failing: round
+        try:
+            U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H + damp * torch.eye(
+                H.size(0), device=H.device))), upper=True)
+            break
+        except torch.linalg.LinAlgError:
+            damp *= 10
+    else:
+        return quantize_matrix(w[:, torch.argsort(order)], scale, bits)
     q = torch.zeros_like(w)
     for i1 in range(0, w.size(1), GPTQ_BLOCK):
         i2 = min(i1 + GPTQ_BLOCK, w.size(1))
@@ -1803,8 +1828,9 @@ def collect_hessians(model: GPT, plan: dict[str, tuple[int, float]], stream, n_t
     hessians: dict[str, Tensor] = {}
 
     def accumulate(key: str, x: Tensor) -> None:
-        x = x.reshape(-1, x.size(-1)).float()
-        hessians[key] = hessians.get(key, 0) + x.T @ x
+        with torch.autocast(x.device.type, enabled=False):  # bf16 sums lose H's positive-definiteness
+            x = x.reshape(-1, x.size(-1)).float()
+            hessians[key] = hessians.get(key, 0) + x.T @ x
     hooks = [m.register_forward_pre_hook(lambda mod, args, key=f"{name}.weight": accumulate(key, args[0]))
              for name, m in model.named_modules() if isinstance(m, CastedLinear) and f"{name}.weight" in plan]
     micro = a.train_batch_tokens // grad_accum_steps(a, rt.world)
@@ -2242,7 +2268,10 @@ def warm_up_eval(model: GPT, a, rt: Runtime, byte_tables: ByteTables) -> None:
     ev = Evaluator(model, MixerConfig.from_args(a), byte_tables, tokens.long().to(rt.device),
                    a.eval_seq_len or a.train_seq_len, a.eval_batch_seqs, rt.rank, rt.world, lambda msg: None)
     cache = new_cache(a, rt.device) if ev.mixer.head != "none" else None
-    evaluate(ev, "warmup", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a))
+    evaluate(ev, "warmup", ev.seq_len, a.eval_chunk_tokens)  # the round-trip pass's shapes
+    audit = list(range(1, tokens.numel() - 1, max(1, tokens.numel() // max(a.ngram_audit_positions, 1))))
+    evaluate(ev, "warmup", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a),
+             audit=audit[:a.ngram_audit_positions] if cache is not None else [])
 
 
 def score_first_ttt(ev, a):

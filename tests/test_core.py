@@ -354,3 +354,26 @@ def test_nan_loss_stops_with_a_clear_message(sample_data):
     tr = tg.Trainer(model, tg.build_optimizers(model, a), tg.MixerConfig.from_args(a), a, rt, 1)
     with pytest.raises(tg.TrainingDiverged, match="train_loss is nan at step 1; lower MATRIX_LR"):
         tg.train(tr, None, tg.quantized_roles(tg.parameter_roles(model), a))
+
+
+def test_gptq_survives_a_hessian_that_is_not_positive_definite():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(16, 32, generator=g)
+    H = -torch.eye(32) * 5 + torch.randn(32, 32, generator=g)  # what a bf16-accumulated H can degrade to
+    s = tg.row_scales(w, 6, 6.0)
+    assert torch.equal(tg.quantize_matrix(w, s, 6, (H + H.T) / 2), tg.quantize_matrix(w, s, 6))  # falls back to rounding
+
+
+def test_batch_loader_raises_the_reader_error_where_the_loop_waits():
+    class Broken(tg.RandomTokens):
+        def take(self, n):
+            raise tg.UserError("shard 7: token id 5000 >= VOCAB_SIZE=1024")
+    loader = tg.BatchLoader(Broken(1024, 0), 512, 64, tg.Runtime(0, 1, 0, torch.device("cpu"), print, "t"))
+    with pytest.raises(tg.UserError, match="shard 7"):
+        loader.next()
+
+
+def test_tilt_with_a_training_oracle_keeps_hints_off_the_frozen_table():
+    a = tg.load_hyperparameters({"PRESET": "smoke", "MIXER_HEAD": "tilt", "COMPLEMENT_ALPHA": "0.5"})
+    assert tg.needs_oracle(a) and tg.new_cache(a, "cpu", frozen=True).best is None
+    assert tg.new_cache(a, "cpu").best is not None
