@@ -313,6 +313,7 @@ class Runtime:
     device: torch.device
     log: object  # log(msg, console=True): rank 0 writes logs/<run_id>.txt and, unless console=False, stdout
     run_id: str
+    summary: dict = dataclasses.field(default_factory=dict)  # the run's results, filled as it goes (write_summary)
 
 
 def setup_runtime(a) -> Runtime:
@@ -369,6 +370,8 @@ def log_run_header(rt: Runtime, a) -> None:
     rt.log("config_defaults " + json.dumps({k.env: k.default for k in KNOB_BY_ENV.values()}, sort_keys=True), console=False)
     changed = {k: v for k, v in config.items() if k == "RUN_ID" or v != KNOB_BY_ENV[k].default}
     rt.log("config_changed " + json.dumps(changed, sort_keys=True))
+    rt.summary.update(run_id=rt.run_id, seed=a.seed, hardware=f"{rt.world}x{device_name(rt)}", torch=torch.__version__,
+                      config_changed=changed)
 
 
 def grad_accum_steps(a, world: int) -> int:
@@ -1702,16 +1705,20 @@ def train(tr: Trainer, ev, plan: dict) -> tuple[dict[str, Tensor], dict[str, Ten
     weights, kind = averager.final(model)
     model.load_state_dict(weights)
     rt.log(f"final_weights:{kind} steps:{step}")
-    hessians = None
+    hessians, t_calib = None, time.perf_counter()
     if calib_batches:
-        t0 = time.perf_counter()
         hessians = collect_hessians(model, plan, stream, a.gptq_calibration_tokens, a, rt)
         rt.log(f"gptq_calibration tokens:{calib_batches * (a.train_batch_tokens // tr.accum)} "
-               f"seconds:{time.perf_counter() - t0:.1f} reserved:{reserve_ms / 1000:.1f}")
+               f"seconds:{time.perf_counter() - t_calib:.1f} reserved:{reserve_ms / 1000:.1f}")
     synchronize(rt)
     train_seconds = time.perf_counter() - clock_start - paused
-    if rt.device.type == "cuda":
-        rt.log(f"peak_memory allocated:{torch.cuda.max_memory_allocated() // 2**20}MiB")
+    peak_mib = torch.cuda.max_memory_allocated() // 2**20 if rt.device.type == "cuda" else None
+    if peak_mib is not None:
+        rt.log(f"peak_memory allocated:{peak_mib}MiB")
+    rt.summary["train"] = dict(steps=step, step_avg_ms=train_ms / max(step, 1), seconds=train_seconds,
+                               prefill_seconds=loop_start_ms / 1000, oracle_tokens=tr.oracle_tokens,
+                               calibration_seconds=time.perf_counter() - t_calib if calib_batches else 0.0,
+                               final_weights=kind, peak_memory_mib=peak_mib)
     return {k: v.detach() for k, v in model.state_dict().items()}, hessians, train_seconds
 
 
@@ -1857,9 +1864,9 @@ class ExportDoesNotFit(UserError):
 
 
 def fit_artifact(weights: dict[str, Tensor], plan, hessians, model_cfg: ModelConfig, a, code_bytes: int,
-                 settings: dict) -> tuple[bytes, str]:
+                 settings: dict) -> tuple[bytes, dict]:
     """The artifact with the tightest clips (smallest widening in [1, FIT_MAX_WIDEN]) whose code + model bytes fit
-    ARTIFACT_TARGET_BYTES, and its export_fit log line. Candidates are chosen by bisection on an estimate (rounding's
+    ARTIFACT_TARGET_BYTES, and the fit's choice (the export_fit line's fields). Candidates are chosen by bisection on an estimate (rounding's
     code entropy, milliseconds) times the real/estimated ratio learned from each compressed candidate, so usually
     one candidate is quantized with GPTQ and compressed, and a miss costs one more."""
     t0, target, tries, ratio, widen = time.perf_counter(), a.artifact_target_bytes - code_bytes, 0, 1.0, 1.0
@@ -1883,11 +1890,9 @@ def fit_artifact(weights: dict[str, Tensor], plan, hessians, model_cfg: ModelCon
                 f"ARTIFACT_TARGET_BYTES={a.artifact_target_bytes}; lower QUANT_BITS/QUANT_MLP_BITS/QUANT_EMBED_BITS "
                 f"or shrink the model (MODEL_DIM, MLP_MULT, NUM_KV_HEADS, NUM_LAYERS); bench/artifact_size.py projects any")
         ratio = max(ratio * 1.002, len(blob) / estimate(widen))  # learned here; strictly growing, so it ends
-    k = lambda knob: f"{getattr(a, knob) * widen:.2f}"
-    line = (f"export_fit method:{a.quant_method} k_attn:{k('quant_clip_attn')} k_mlp:{k('quant_clip_mlp')} "
-            f"k_embed:{k('quant_clip_embed')} widen:{widen:.3f} bytes:{len(blob) + code_bytes} "
-            f"target:{a.artifact_target_bytes} tries:{tries} seconds:{time.perf_counter() - t0:.1f}")
-    return blob, line
+    return blob, dict(method=a.quant_method, k_attn=a.quant_clip_attn * widen, k_mlp=a.quant_clip_mlp * widen,
+                      k_embed=a.quant_clip_embed * widen, widen=widen, bytes=len(blob) + code_bytes,
+                      target=a.artifact_target_bytes, tries=tries, seconds=time.perf_counter() - t0)
 
 
 ARTIFACT_FORMAT = 3
@@ -2112,9 +2117,11 @@ FINEWEB_VAL_TARGETS = 62_000_000  # about the targets of the challenge's validat
 
 @dataclasses.dataclass
 class EvalResult:
+    label: str
     val_loss: float
     val_bpb: float
     seconds: float
+    projection_s: float  # this pass on the full FineWeb validation split on 8 GPUs, at the measured rate
     chunks: list[list[float]]  # per chunk: [nll sum, bytes, targets]
     audit: str = ""  # the ngram_audit line, when positions were audited
 
@@ -2162,15 +2169,15 @@ def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: N
     if int(totals[2]) != n_targets:
         raise RuntimeError(f"{label}: scored {int(totals[2])} targets, expected {n_targets}")
     seconds = time.perf_counter() - t_start
-    per_target = ((seconds - serial_s) * ev.world / 8 + serial_s) / n_targets  # on 8 ranks; serial work stays
+    projection = ((seconds - serial_s) * ev.world / 8 + serial_s) / n_targets * FINEWEB_VAL_TARGETS  # serial work stays
     ev.log(f"eval_scored label:{label} targets:{int(totals[2])} expected:{n_targets} seconds:{seconds:.1f} "
-           f"full_fineweb_8gpu_projection:{per_target * FINEWEB_VAL_TARGETS:.0f}s")
+           f"full_fineweb_8gpu_projection:{projection:.0f}s")
     line = ""
     if audit_sums:
         err = torch.tensor(audit_sums, dtype=torch.float64)
         line = (f"ngram_audit positions:{err.numel()} max_abs_sum_err:{(err - 1).abs().max().item():.3e} "
                 f"mean_sum:{err.mean().item():.6f} target_independent:{'yes' if independent else 'no'}")
-    return EvalResult(totals[0].item() / totals[2].item(), bits_per_byte(totals), seconds, chunks, line)
+    return EvalResult(label, totals[0].item() / totals[2].item(), bits_per_byte(totals), seconds, projection, chunks, line)
 
 
 def bits_per_byte(sums: Tensor) -> float:
@@ -2228,12 +2235,16 @@ def export(weights: dict[str, Tensor], hessians, model_cfg: ModelConfig, plan: d
     waits on another's clip search); returns (path, model bytes)."""
     t0, (code_bytes, _) = time.perf_counter(), code_sizes()
     path = Path("logs") / f"{rt.run_id}.ptz"
-    blob, line = fit_artifact(weights, plan, hessians, model_cfg, a, code_bytes, eval_settings(a))
+    blob, fit = fit_artifact(weights, plan, hessians, model_cfg, a, code_bytes, eval_settings(a))
     if rt.rank == 0:
         path.write_bytes(blob)
     if rt.world > 1:
         dist.barrier()
-    rt.log(line)
+    rt.log(f"export_fit method:{fit['method']} k_attn:{fit['k_attn']:.2f} k_mlp:{fit['k_mlp']:.2f} "
+           f"k_embed:{fit['k_embed']:.2f} widen:{fit['widen']:.3f} bytes:{fit['bytes']} target:{fit['target']} "
+           f"tries:{fit['tries']} seconds:{fit['seconds']:.1f}")
+    rt.summary["export"] = fit | dict(seconds=time.perf_counter() - t0,
+                                      bits=dict(attn=a.quant_bits, mlp=a.quant_mlp_bits, embed=a.quant_embed_bits))
     rt.log(f"export_time:{time.perf_counter() - t0:.1f}s (after the training clock: uses no training data)")
     return path, len(blob)
 
@@ -2246,6 +2257,7 @@ def log_sizes(rt: Runtime, a, model_bytes: int) -> int:
     rt.log(f"Code size: {code_bytes} bytes")
     rt.log(f"Packed code size: {packed_bytes} bytes (records/make_record.py --packed writes this form)")
     rt.log(f"Total submission size {label}: {model_bytes + code_bytes} bytes")
+    rt.summary["bytes"] = dict(model=model_bytes, code=code_bytes, packed_code=packed_bytes, total=model_bytes + code_bytes)
     return model_bytes + code_bytes
 
 
@@ -2327,6 +2339,8 @@ def evaluate_artifact(path: Path, a, rt: Runtime, byte_tables: ByteTables, val: 
         Path("logs", f"{rt.run_id}.chunks.json").write_text(json.dumps(res.chunks))
     if res.audit:
         rt.log(res.audit)
+        rt.summary["audit"] = {k: v if v in ("yes", "no") else json.loads(v) for k, v in
+                               (field.split(":", 1) for field in res.audit.split()[1:])}
     return dict(eval_seconds=eval_s, roundtrip=roundtrip, result=res, scored_targets=int(sum(c[2] for c in res.chunks)),
                 a=a)
 
@@ -2344,9 +2358,12 @@ def build_eval_cache(a, rt: Runtime, oracle: NgramCache | None) -> NgramCache:
     return cache
 
 
-def log_metric(rt: Runtime, name: str, res: EvalResult, suffix: str = "") -> None:  # the challenge's two lines
+def log_metric(rt: Runtime, name: str, res: EvalResult, suffix: str = "") -> None:
+    """The challenge's two lines, and the pass's entry in the summary's scores (keyed by the pass's label)."""
     rt.log(f"{name} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f}{suffix} eval_time:{res.seconds * 1000:.0f}ms")
     rt.log(f"{name}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}{suffix}")
+    rt.summary.setdefault("scores", {})[res.label] = dict(val_loss=res.val_loss, val_bpb=res.val_bpb,
+                                                          seconds=res.seconds, projection_8gpu_s=res.projection_s)
 
 
 class DataCheck:
@@ -2500,11 +2517,27 @@ def main() -> None:
         rt.log(f"export_cost val_bpb:{evaluation['roundtrip'].val_bpb - prequant.val_bpb:+.5f} "
                f"(final_{quant_tag(a)}_roundtrip - final_prequant)")
     data = data_check.verdict() if data_check else ("", False, None)
-    log_compliance(rt, compliance_report(a, rt, train_seconds, evaluation, model_bytes, data, val.numel() - 1))
-    ea = evaluation["a"]
-    rt.log(f"result val_bpb:{evaluation['result'].val_bpb:.8f} (score-first, "
+    report = compliance_report(a, rt, train_seconds, evaluation, model_bytes, data, val.numel() - 1)
+    log_compliance(rt, report)
+    ea, res = evaluation["a"], evaluation["result"]
+    rt.log(f"result val_bpb:{res.val_bpb:.8f} (score-first, "
            f"{'neural only' if ea.mixer_head == 'none' else ea.ngram_scoring}{', TTT' if ea.ttt_epochs else ''}) "
            f"log:logs/{rt.run_id}.txt artifact:{path}")
+    rt.summary.update(result=dict(val_loss=res.val_loss, val_bpb=res.val_bpb, head=ea.mixer_head, ttt=bool(ea.ttt_epochs)),
+                      eval_seconds=evaluation["eval_seconds"], artifact=str(path), load_artifact=a.load_artifact,
+                      compliance=report)
+    write_summary(rt)
+
+
+def write_summary(rt: Runtime) -> None:
+    """The run's one machine-readable result, which the records tool, the benches and the tests read: the log's
+    summary_json line, logs/<RUN_ID>.summary.json, and a line appended to logs/results.jsonl (a sweep's table)."""
+    text = json.dumps(rt.summary, sort_keys=True)
+    rt.log("summary_json " + text, console=False)
+    if rt.rank == 0:
+        Path("logs", f"{rt.run_id}.summary.json").write_text(json.dumps(rt.summary, indent=1, sort_keys=True))
+        with open(Path("logs", "results.jsonl"), "a") as f:
+            f.write(text + "\n")
 
 
 def run_cli() -> int:

@@ -310,12 +310,11 @@ def test_fit_uses_the_tightest_clips_that_fit_and_never_exceeds_the_target():
     tight_target = 1000 + len(loose) - 30_000  # forces clips wider than QUANT_CLIP_*
     a = tg.load_hyperparameters({"PRESET": "smoke", "MODEL_DIM": "128", "QUANT_METHOD": "rtn",
                                  "ARTIFACT_TARGET_BYTES": str(tight_target)})
-    blob, line = tg.fit_artifact(state, plan, None, model.c, a, 1000, {})
-    fields = dict(t.split(":", 1) for t in line.split()[1:])
-    widen = float(fields["widen"])
-    assert len(blob) + 1000 <= tight_target == int(fields["target"]) and int(fields["bytes"]) == len(blob) + 1000
-    assert 1.0 < widen < tg.FIT_MAX_WIDEN and fields["method"] == "rtn"
-    assert float(fields["k_mlp"]) == pytest.approx(a.quant_clip_mlp * widen, abs=0.01)
+    blob, fit = tg.fit_artifact(state, plan, None, model.c, a, 1000, {})
+    widen = fit["widen"]
+    assert len(blob) + 1000 <= tight_target == fit["target"] and fit["bytes"] == len(blob) + 1000
+    assert 1.0 < widen < tg.FIT_MAX_WIDEN and fit["method"] == "rtn"
+    assert fit["k_mlp"] == pytest.approx(a.quant_clip_mlp * widen)
     tighter = tg.serialize_artifact(tg.quantize_state(state, plan, widen / 1.03), model.c, {})
     assert len(tighter) + 1000 > tight_target  # a clearly tighter clip would not have fit
     impossible = tg.load_hyperparameters({"PRESET": "smoke", "MODEL_DIM": "128", "QUANT_METHOD": "rtn",

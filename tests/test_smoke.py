@@ -53,6 +53,12 @@ def test_torchrun_one_rank_runs_every_stage(one_rank_run):
     assert log.startswith("source train_gpt.py sha256:") and "legal_ttt_exact" in log and "\nconfig {" in log
     assert int(log_value(out, "eval_scored label:legal_ttt", "targets")) == int(
         log_value(out, "eval_scored label:legal_ttt", "expected"))
+    summary = json.loads((tmp / "logs/r1.summary.json").read_text())  # the machine-readable result says the same
+    assert summary["scores"]["legal_ttt"]["val_bpb"] == pytest.approx(float(log_value(out, "legal_ttt_exact", "val_bpb")),
+                                                                      abs=1e-8) == summary["result"]["val_bpb"]
+    assert summary["train"]["steps"] == 30 and summary["bytes"]["total"] == report["artifact_bytes"]
+    assert summary["export"]["bytes"] == int(log_value(out, "export_fit", "bytes")) and summary["audit"]["positions"] == 16
+    assert json.loads((tmp / "logs/results.jsonl").read_text().splitlines()[-1]) == summary
 
 
 def test_artifact_reevaluated_in_fresh_process_reproduces_exactly(one_rank_run):
