@@ -2133,7 +2133,7 @@ def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: N
     scoring and counting, so the audit sees the very cache and weights that scored them."""
     t_start, n_targets = time.perf_counter(), ev.tokens.numel() - 1
     bounds = list(range(1, n_targets + 1, chunk_tokens))
-    totals, chunks, warned, last_log, serial_s = torch.zeros(3, dtype=torch.float64), [], False, t_start, 0.0
+    totals, chunks, warned, last_log, serial_s, audit_s = torch.zeros(3, dtype=torch.float64), [], False, t_start, 0.0, 0.0
     audit_sums, independent = [], True
     ev.model.eval()
     for i, t0 in enumerate(bounds):
@@ -2142,12 +2142,12 @@ def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: N
         if cache is not None and any(t0 <= j < t1 for j in audit):
             windows = [(c, j, j + 1) for j in audit if t0 <= j < t1  # the window that scored j, cut after j
                        for c, a, b in score_windows(t0, t1, ev.seq_len, stride) if a <= j < b]
-            t_audit = time.perf_counter()  # every rank audits and counts every chunk: that time does not shrink with ranks
+            t_audit = time.perf_counter()
             chunk_sums, chunk_independent = audit_windows(ev, cache, windows)
-            serial_s += time.perf_counter() - t_audit
+            audit_s += time.perf_counter() - t_audit
             audit_sums, independent = audit_sums + chunk_sums, independent and chunk_independent
         if cache is not None:
-            t_add = time.perf_counter()
+            t_add = time.perf_counter()  # every rank counts every chunk: that time does not shrink with ranks
             add_chunk_to_cache(cache, ev.tokens, t0, t1)
             serial_s += time.perf_counter() - t_add
         if ttt is not None and t1 <= n_targets:  # nothing left to adapt for after the last chunk
@@ -2169,7 +2169,7 @@ def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: N
     if int(totals[2]) != n_targets:
         raise RuntimeError(f"{label}: scored {int(totals[2])} targets, expected {n_targets}")
     seconds = time.perf_counter() - t_start
-    projection = ((seconds - serial_s) * ev.world / 8 + serial_s) / n_targets * FINEWEB_VAL_TARGETS  # serial work stays
+    projection = full_split_projection(seconds, serial_s, audit_s, ev.world, n_targets)
     ev.log(f"eval_scored label:{label} targets:{int(totals[2])} expected:{n_targets} seconds:{seconds:.1f} "
            f"full_fineweb_8gpu_projection:{projection:.0f}s")
     line = ""
@@ -2178,6 +2178,14 @@ def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: N
         line = (f"ngram_audit positions:{err.numel()} max_abs_sum_err:{(err - 1).abs().max().item():.3e} "
                 f"mean_sum:{err.mean().item():.6f} target_independent:{'yes' if independent else 'no'}")
     return EvalResult(label, totals[0].item() / totals[2].item(), bits_per_byte(totals), seconds, projection, chunks, line)
+
+
+def full_split_projection(seconds: float, serial_s: float, audit_s: float, world: int, n_targets: int) -> float:
+    """Seconds of this pass on the full FineWeb validation split on 8 ranks: the ranks' share of the work scales
+    with the targets and divides by 8; counting chunks into the cache (serial_s) scales but every rank does it all;
+    the audit (audit_s) is NGRAM_AUDIT_POSITIONS positions whatever the split, so it neither scales nor divides."""
+    shared = (seconds - serial_s - audit_s) * world / 8
+    return (shared + serial_s) * FINEWEB_VAL_TARGETS / n_targets + audit_s
 
 
 def bits_per_byte(sums: Tensor) -> float:

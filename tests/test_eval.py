@@ -1,4 +1,6 @@
 """Score-first chunked evaluation: coverage, legality (score before update/TTT), TTT scope, compliance verdicts."""
+import time
+
 import pytest
 import torch
 
@@ -184,3 +186,22 @@ def test_audit_enumerates_the_distribution_that_scored_each_target(monkeypatch):
     assert sorted(audited) == positions and "target_independent:yes" in res.audit
     for j in positions:
         assert audited[j] == pytest.approx(scored[j], rel=1e-5, abs=1e-6), j
+
+def test_full_split_projection_scales_work_not_the_fixed_audit(monkeypatch):
+    """The audit enumerates NGRAM_AUDIT_POSITIONS positions whatever the split's size: its seconds are added once, not
+    scaled to 62M targets (on an H200 that mistake projected 2,423 s for a ~200 s pass)."""
+    scale = tg.FINEWEB_VAL_TARGETS / 1000
+    assert tg.full_split_projection(10.0, 0.0, 0.0, 1, 1000) == pytest.approx(10.0 / 8 * scale)
+    assert tg.full_split_projection(10.0, 2.0, 0.0, 1, 1000) == pytest.approx((8.0 / 8 + 2.0) * scale)
+    assert tg.full_split_projection(10.0, 2.0, 4.0, 1, 1000) == pytest.approx((4.0 / 8 + 2.0) * scale + 4.0)
+    seen, real, real_audit = {}, tg.full_split_projection, tg.audit_windows
+
+    def slow_audit(*args):
+        time.sleep(0.05)
+        return real_audit(*args)
+    monkeypatch.setattr(tg, "audit_windows", slow_audit)
+    monkeypatch.setattr(tg, "full_split_projection", lambda *args: seen.setdefault("args", args) and real(*args))
+    ev, a = make_evaluator({"TTT_EPOCHS": "0", "EVAL_CHUNK_TOKENS": "1000"})
+    tg.evaluate(ev, "t", a.eval_stride, a.eval_chunk_tokens, tg.new_cache(a, "cpu"), audit=[5, 1500, 2500])
+    seconds, serial_s, audit_s, _, _ = seen["args"]
+    assert 0.15 <= audit_s < seconds and 0 < serial_s < seconds - audit_s
