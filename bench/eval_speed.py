@@ -2,6 +2,8 @@
 
     python3 bench/eval_speed.py                                   # stride 64, orders 2..16, default model (GPU)
     PRESET=smoke BENCH_TOKENS=20000 python3 bench/eval_speed.py   # CPU-sized: ~1-2 min on 2 cores
+On one H200, BENCH_TOKENS=262144 NGRAM_MAX_ORDER=7 took 204 s with a warm compile cache (each row builds and compiles
+its own model: cold, add about a minute per row).
 On a CPU shared with other work, prefix OMP_NUM_THREADS=1 (two threads on two busy cores spin against each other).
 Knobs come from the environment as in train_gpt.py (NGRAM_MAX_ORDER defaults to 16 here); BENCH_TOKENS (2,000,000)
 targets are scored: the validation shards of DATA_PATH when present, else Zipf-like random tokens.
