@@ -9,22 +9,23 @@ Evaluate an exported artifact again in a fresh process (its evaluation settings 
     LOAD_ARTIFACT=logs/<run_id>.ptz python3 train_gpt.py
 
 Sections in the order a run happens: config -> runtime -> data and byte accounting -> model -> optimizer ->
-n-gram mixer -> training -> quantization and export -> evaluation -> run. Line budget: this file stays under
-2,600 lines (a test enforces it)."""
+n-gram mixer -> training -> quantization and export -> evaluation -> run. Code budget: the packed script a record
+ships (pack_source) stays under 40,000 bytes (a test enforces it)."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import concurrent.futures
 import contextlib
 import copy
 import dataclasses
 import difflib
+import functools
 import glob
 import hashlib
 import io
 import json
-import lzma
 import math
 import os
 import platform
@@ -1892,7 +1893,7 @@ def fit_artifact(weights: dict[str, Tensor], plan, hessians, model_cfg: ModelCon
         ratio = max(ratio * 1.002, len(blob) / estimate(widen))  # learned here; strictly growing, so it ends
     return blob, dict(method=a.quant_method, k_attn=a.quant_clip_attn * widen, k_mlp=a.quant_clip_mlp * widen,
                       k_embed=a.quant_clip_embed * widen, widen=widen, bytes=len(blob) + code_bytes,
-                      target=a.artifact_target_bytes, tries=tries, seconds=time.perf_counter() - t0)
+                      target=a.artifact_target_bytes, tries=tries, seconds=time.perf_counter() - t0, code=code_bytes)
 
 
 ARTIFACT_FORMAT = 3
@@ -1960,22 +1961,46 @@ def deserialize_artifact(blob: bytes, source: str) -> tuple[ModelConfig, dict[st
     return ModelConfig(**payload["model_config"]), dequantize_state(payload["tensors"]), payload["settings"]
 
 
-# The code counts toward the artifact too. pack_source gives the exact source as a self-extracting script (lzma +
-# base85, exec'd under the packed file's own name), which behaves identically and counts its own, smaller file.
+# The code counts toward the artifact too, as the record ships it: pack_source turns this readable file into a
+# self-extracting script (exec'd under the packed file's own name) that behaves identically. Measured on this file
+# (148,718 bytes): lzma + base85 52,845 bytes, brotli-11 + base85 50,907; without comments and docstrings (ast)
+# 37,020 and 35,643. So: the code without comments and function docstrings (the module docstring stays: --help
+# prints it), brotli-11, base85 (which never uses a quote). The header names the readable source's sha256.
 PACKED_MARKER = b"#!/usr/bin/env python3\n# train_gpt.py packed"
 
 
+def runnable_source(source: bytes) -> bytes:
+    """The code a packed script runs: the source re-printed by ast, without comments and function/class docstrings."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree).encode() + b"\n"
+
+
+@functools.lru_cache(maxsize=4)
 def pack_source(source: bytes) -> bytes:
-    blob = base64.b85encode(lzma.compress(source, preset=9 | lzma.PRESET_EXTREME))  # b85 never uses a quote
-    return (PACKED_MARKER + b": the exact source, lzma + base85 (train_gpt.unpack_source restores it)\n"
-            b"import base64,lzma\nexec(compile(lzma.decompress(base64.b85decode(b'" + blob + b"')),__file__,'exec'))\n")
+    import brotli
+    blob = base64.b85encode(brotli.compress(runnable_source(source), quality=11))
+    return (PACKED_MARKER + b" from source sha256:" + hashlib.sha256(source).hexdigest().encode() + b" (readable: "
+            b"train_gpt.unpack_source; comments and docstrings dropped)\nimport base64,brotli\n"
+            b"exec(compile(brotli.decompress(base64.b85decode(b'" + blob + b"')),__file__,'exec'))\n")
 
 
 def unpack_source(file_bytes: bytes) -> bytes:
-    """The source a packed script carries; any other bytes come back unchanged."""
+    """The code a packed script runs (runnable_source of its source); any other bytes come back unchanged."""
     if not file_bytes.startswith(PACKED_MARKER):
         return file_bytes
-    return lzma.decompress(base64.b85decode(file_bytes.split(b"b85decode(b'", 1)[1].split(b"'", 1)[0]))
+    import brotli
+    return brotli.decompress(base64.b85decode(file_bytes.split(b"b85decode(b'", 1)[1].split(b"'", 1)[0]))
+
+
+def code_sizes() -> tuple[int, int]:
+    """(bytes of the packed script, which a record ships and the artifact counts; bytes of the file that runs)."""
+    code = Path(__file__).read_bytes()
+    return len(code if code.startswith(PACKED_MARKER) else pack_source(code)), len(code)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -2224,12 +2249,6 @@ def build_model(cfg: ModelConfig, device) -> GPT:
     return model
 
 
-def code_sizes() -> tuple[int, int]:
-    """(bytes of the file that runs, which the artifact counts; bytes of the packed form of its source)."""
-    code = Path(__file__).read_bytes()
-    return len(code), len(pack_source(unpack_source(code)))
-
-
 def eval_settings(a) -> dict:
     """The knobs an evaluation of this artifact needs (mixer, evaluation, TTT): stored in it for LOAD_ARTIFACT."""
     groups = {"n-gram mixer", "evaluation", "test-time training"}
@@ -2250,7 +2269,7 @@ def export(weights: dict[str, Tensor], hessians, model_cfg: ModelConfig, plan: d
         dist.barrier()
     rt.log(f"export_fit method:{fit['method']} k_attn:{fit['k_attn']:.2f} k_mlp:{fit['k_mlp']:.2f} "
            f"k_embed:{fit['k_embed']:.2f} widen:{fit['widen']:.3f} bytes:{fit['bytes']} target:{fit['target']} "
-           f"tries:{fit['tries']} seconds:{fit['seconds']:.1f}")
+           f"tries:{fit['tries']} seconds:{fit['seconds']:.1f} code:{fit['code']}(packed)")
     rt.summary["export"] = fit | dict(seconds=time.perf_counter() - t0,
                                       bits=dict(attn=a.quant_bits, mlp=a.quant_mlp_bits, embed=a.quant_embed_bits))
     rt.log(f"export_time:{time.perf_counter() - t0:.1f}s (after the training clock: uses no training data)")
@@ -2259,13 +2278,13 @@ def export(weights: dict[str, Tensor], hessians, model_cfg: ModelConfig, plan: d
 
 def log_sizes(rt: Runtime, a, model_bytes: int) -> int:
     """Log model, code and total bytes in the challenge's lines; returns the total (the artifact size)."""
-    code_bytes, packed_bytes = code_sizes()
+    code_bytes, source_bytes = code_sizes()
     label = f"{a.quant_method}-{quant_tag(a)}+brotli"
     rt.log(f"Serialized model {label}: {model_bytes} bytes")
-    rt.log(f"Code size: {code_bytes} bytes")
-    rt.log(f"Packed code size: {packed_bytes} bytes (records/make_record.py --packed writes this form)")
+    rt.log(f"Code size: {code_bytes} bytes (the packed train_gpt.py a record ships; records/make_record.py writes it)")
+    rt.log(f"Source size: {source_bytes} bytes (train_gpt.py as it ran)")
     rt.log(f"Total submission size {label}: {model_bytes + code_bytes} bytes")
-    rt.summary["bytes"] = dict(model=model_bytes, code=code_bytes, packed_code=packed_bytes, total=model_bytes + code_bytes)
+    rt.summary["bytes"] = dict(model=model_bytes, code=code_bytes, source=source_bytes, total=model_bytes + code_bytes)
     return model_bytes + code_bytes
 
 
