@@ -337,6 +337,8 @@ def setup_runtime(a) -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
+        if "OMP_NUM_THREADS" not in os.environ:  # torch's one thread per core took 82 s for PRESET=smoke on a shared
+            torch.set_num_threads(1)  # 2-core machine, one thread 28 s, and gives CI's numbers to the last digit
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     run_id = a.run_id or time.strftime("%Y%m%d_%H%M%S")
@@ -370,7 +372,8 @@ def log_run_header(rt: Runtime, a) -> None:
     if code.startswith(PACKED_MARKER):
         rt.log(f"source_unpacked sha256:{hashlib.sha256(unpack_source(code)).hexdigest()}")
     rt.log(f"versions python:{platform.python_version()} torch:{torch.__version__} cuda:{torch.version.cuda or 'none'}")
-    rt.log(f"hardware world_size:{rt.world} device:{rt.device.type} gpu:{device_name(rt) if rt.device.type == 'cuda' else 'none'}")
+    rt.log(f"hardware world_size:{rt.world} device:{rt.device.type} gpu:{device_name(rt) if rt.device.type == 'cuda' else 'none'} "
+           f"cpu_threads:{torch.get_num_threads()}")
     if rt.device.type == "cuda":
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False).stdout
         rt.log(smi, console=False)
@@ -2513,9 +2516,8 @@ def main() -> None:
     a = load_hyperparameters()
     rt = setup_runtime(a)
     accum = grad_accum_steps(a, rt.world)  # a world-size-dependent config error, still before any data work
-    artifact = read_artifact(Path(a.load_artifact)) if a.load_artifact else None
-    if artifact:  # the artifact's vocabulary, logged with the config, checks the tokenizer and shards
-        a = dataclasses.replace(a, vocab_size=artifact[0].vocab_size)
+    artifact = read_artifact(Path(a.load_artifact)) if a.load_artifact else None  # its vocabulary: logged, and the
+    a = dataclasses.replace(a, vocab_size=artifact[0].vocab_size) if artifact else a  # tokenizer and shards must fit
     log_run_header(rt, a)
     if a.ngram_scoring == "hashed_target" and a.mixer_head != "none":
         rt.log("WARNING NGRAM_SCORING=hashed_target: the seeds' target-only lookup is not a normalized probability; "

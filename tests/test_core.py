@@ -72,6 +72,18 @@ def test_a_real_launch_environment_is_not_mistaken_for_typos(tmp_path):
     assert proc.returncode == 0 and "ok smoke" in proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the thread default is for CPU runs")
+@pytest.mark.parametrize("omp, threads", [(None, 1), ("2", 2)])
+def test_cpu_runs_one_thread_unless_omp_num_threads_says(tmp_path, omp, threads):
+    """One thread per core oversubscribes a shared CPU (82 s instead of 28 s for PRESET=smoke on 2 busy cores)."""
+    env = {k: v for k, v in os.environ.items() if k not in tg.KNOB_BY_ENV and k != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, capture_output=True, text=True,
+                          env=env | {"PRESET": "smoke", "TOKENIZER_PATH": "missing.model"} | (
+                              {"OMP_NUM_THREADS": omp} if omp else {}), timeout=120)
+    assert proc.returncode == 2 and "TOKENIZER_PATH='missing.model' does not exist" in proc.stderr
+    assert f"device:cpu gpu:none cpu_threads:{threads}" in proc.stdout
+
+
 def test_parsing_types_presets_and_overrides():
     a = tg.load_hyperparameters({"USE_THIS": "ignored", "TTT_PARAMS": "q", "NGRAM_ENT_CENTER": "2.6, 2.8,3.0,3.2,3.5,3.8",
                                  "PRESET": "smoke", "NUM_LAYERS": "3"})
