@@ -83,9 +83,10 @@ def test_a_bigger_vocabulary_on_shards_of_another_tokenizer_stops(sample_data, t
 
 # ---- every shard, before the clock -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["changed", "unlisted"])
-def test_a_shard_that_is_not_what_provenance_says_stops_before_the_clock(sample_data, tmp_path, case):
-    """Any kind of data (here the sample, not fineweb): a changed byte or a shard provenance.json does not list."""
+@pytest.mark.parametrize("case, nproc", [("changed", 0), ("unlisted", 0), ("changed", 2)])
+def test_a_shard_that_is_not_what_provenance_says_stops_before_the_clock(sample_data, tmp_path, case, nproc):
+    """Any kind of data (here the sample, not fineweb): a changed byte or a shard provenance.json does not list. With
+    two ranks, rank 0's finding stops both (no rank left waiting in a collective)."""
     data = copy_sample(sample_data, tmp_path / "data")
     shard = data / "fineweb_train_000002.bin"
     if case == "changed":
@@ -94,12 +95,15 @@ def test_a_shard_that_is_not_what_provenance_says_stops_before_the_clock(sample_
         tg.write_shard(shard, tokens)
     else:
         shutil.copy(shard, data / "fineweb_train_000003.bin")
-    proc = run_train(tmp_path, {"PRESET": "smoke", "DATA_PATH": str(data)})
+    proc = run_train(tmp_path, {"PRESET": "smoke", "DATA_PATH": str(data)}, nproc=nproc, timeout=120)
     what = {"changed": "fineweb_train_000002.bin: sha256 differs from", "unlisted": "fineweb_train_000003.bin: not "
             "listed in"}[case]
-    assert one_line_error(proc) == (f"error: {data}/{what} {data}/provenance.json; the shards changed since "
-                                    "data/prepare.py wrote it: run it again (or delete provenance.json to run on "
-                                    "unverified data)")
+    line = (f"error: {data}/{what} {data}/provenance.json; the shards changed since data/prepare.py wrote it: run it "
+            "again (or delete provenance.json to run on unverified data)")
+    if nproc:
+        assert proc.returncode != 0 and proc.stderr.count(line) >= 2, proc.stderr[-3000:]  # each rank, its summary
+    else:
+        assert one_line_error(proc) == line
     assert not started_the_clock(proc)
 
 
