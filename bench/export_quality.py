@@ -6,10 +6,11 @@ embedding with or without its Hessian, compressors and layouts of the code strea
     BENCH_TABLES=B BENCH_RETRAIN=1 python3 bench/export_quality.py
 
 Model (CPU): PRESET=smoke with NUM_LAYERS=4 MODEL_DIM=128 TRAIN_SEQ_LEN=256 TRAIN_BATCH_TOKENS=2048 ITERATIONS=300
-MIXER_HEAD=none GPTQ_CALIBRATION_TOKENS=65536 on DATA_PATH=/work/data/docs_sp1024 with the FineWeb 1024 tokenizer
-(0.66M parameters, 0.61M training tokens). Any train_gpt knob set in the environment overrides these; QUANT_*
+MIXER_HEAD=none GPTQ_CALIBRATION_TOKENS=65536 on the README's docs corpus (DATA_PATH=data/datasets/docs_sp1024,
+TOKENIZER_PATH=../shared/data/fineweb_1024_bpe.model, both from the repository root; 0.66M parameters, 0.61M
+training tokens). Any train_gpt knob set in the environment overrides these; QUANT_*
 knobs set the reference bits and clips. The weights and Hessians that train() returns are cached under BENCH_CACHE
-(default /work/scratch/export), keyed by the training configuration; BENCH_RETRAIN=1 trains again.
+(default logs/bench_export in the repository), keyed by the training configuration; BENCH_RETRAIN=1 trains again.
 BENCH_VAL_TOKENS (131072): validation targets scored, plain eval (stride = seq_len), neural only.
 BENCH_TABLES (A,B,C), BENCH_CLIPS (4,6,8,10,12.85), BENCH_SWEEP_METHODS (gptq; gptq,rtn adds RTN): what to run.
 Measured on 2 CPU cores shared with other jobs: training 104-491 s (once, then cached), tables A+B+C 483-537 s (each
@@ -28,14 +29,16 @@ import brotli
 import torch
 import zstandard
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 import train_gpt as tg  # noqa: E402
 
-DEFAULTS = dict(PRESET="smoke", DATA_PATH="/work/data/docs_sp1024", TOKENIZER_PATH="/work/shared/data/fineweb_1024_bpe.model",
+DEFAULTS = dict(PRESET="smoke", DATA_PATH=str(ROOT / "data/datasets/docs_sp1024"),
+                TOKENIZER_PATH=str(ROOT.parent / "shared/data/fineweb_1024_bpe.model"),
                 NUM_LAYERS="4", MODEL_DIM="128", TRAIN_SEQ_LEN="256", TRAIN_BATCH_TOKENS="2048", ITERATIONS="300",
                 MAX_WALLCLOCK_SECONDS="0", MIXER_HEAD="none", GPTQ_CALIBRATION_TOKENS="65536", TRAIN_LOG_EVERY="25",
                 VAL_LOSS_EVERY="0")
-CACHE = Path(os.environ.get("BENCH_CACHE", "/work/scratch/export"))
+CACHE = Path(os.environ.get("BENCH_CACHE", ROOT / "logs/bench_export"))
 VAL_TOKENS = int(os.environ.get("BENCH_VAL_TOKENS", 131072))
 TABLES = os.environ.get("BENCH_TABLES", "A,B,C").upper().split(",")
 CLIPS = [float(k) for k in os.environ.get("BENCH_CLIPS", "4,6,8,10,12.85").split(",")]

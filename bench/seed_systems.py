@@ -22,18 +22,20 @@ oracle) and the seeds' (hashed_target, oracle without leave-one-out); BENCH_ROWS
 
 Commands:
     python3 bench/seed_systems.py                       # full-size runs (GPU; BENCH_NPROC=8 for 8 GPUs)
-    OMP_NUM_THREADS=1 DATA_PATH=/work/data/docs_sp1024 TOKENIZER_PATH=/work/shared/data/fineweb_1024_bpe.model \\
+    DATA_PATH=data/datasets/docs_sp1024 TOKENIZER_PATH=../shared/data/fineweb_1024_bpe.model \\
       PRESET=smoke NUM_LAYERS=4 MODEL_DIM=128 ITERATIONS=300 TRAIN_BATCH_TOKENS=8192 EVAL_MAX_TOKENS=131072 \\
       EVAL_CHUNK_TOKENS=32768 NGRAM_BUCKETS=1048576 NGRAM_PREFILL_TOKENS=4000000 python3 bench/seed_systems.py
                                                         # CPU-sized: ~8 min on one core (training ~5 min, then
                                                         # ~30 s per LOAD_ARTIFACT row); with ITERATIONS=60
                                                         # EVAL_MAX_TOKENS=65536 EVAL_CHUNK_TOKENS=16384: ~3.5 min
-On a CPU shared with other work, OMP_NUM_THREADS=1 keeps torch's threads from spinning against each other (the
-same runs with two threads on two busy cores were ~5x slower).
+(the README's docs corpus, from the repository root; relative DATA_PATH, TOKENIZER_PATH and BENCH_ARTIFACT are
+resolved from where the bench starts, since its runs happen in a work folder). On a CPU, train_gpt.py runs one
+thread unless OMP_NUM_THREADS says otherwise (two threads on two busy cores were ~5x slower).
 Any train_gpt.py variable in the environment (or in BENCH_BASE="K=V ...") applies to every run, and a row's own
 variables win over it; in systems mode BENCH_BASE wins over a system's variables (e.g. a smaller EVAL_CHUNK_TOKENS
 on a CPU). BENCH_WORKDIR keeps the logs and the artifact there (default: a temporary folder, removed);
-BENCH_ARTIFACT=<path.ptz> skips the training run and evaluates that artifact (multi then gets its own run).
+BENCH_ARTIFACT=<path.ptz> skips the training run and evaluates that artifact (multi then gets its own run). The
+LOAD_ARTIFACT runs leave out model-shape variables (the artifact fixes them; train_gpt.py refuses them).
 """
 import json
 import os
@@ -88,8 +90,12 @@ def run(env: dict, workdir: Path, nproc: int) -> dict:
     """One train_gpt.py run in workdir; the fields of its result lines, or {"error": its last stderr line}."""
     cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                               if nproc > 1 else []) + [str(ROOT / "train_gpt.py")]
+    env = os.environ | env
+    env |= {k: str(Path(env[k]).resolve()) for k in ("DATA_PATH", "TOKENIZER_PATH", "LOAD_ARTIFACT") if env.get(k)}
+    if "LOAD_ARTIFACT" in env:
+        env = {k: v for k, v in env.items() if k not in tg.SHAPE_KNOBS}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=workdir, env=os.environ | env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     fields = {"wall": time.perf_counter() - t0}
     if proc.returncode:
         return fields | {"error": (proc.stderr.strip().splitlines() or ["?"])[-1].removeprefix("error: ")}
@@ -126,8 +132,9 @@ def one_model(base: dict, workdir: Path, nproc: int) -> None:
             sys.exit(f"training run failed after {train['wall']:.0f}s: {train['error']}")
         artifact = str(workdir / "logs" / "seed_train.ptz")
         order = tg.load_hyperparameters({k: v for k, v in (os.environ | base).items() if k in tg.KNOB_BY_ENV})
+        where = artifact if os.environ.get("BENCH_WORKDIR") else "removed at the end (BENCH_WORKDIR keeps it)"
         print(f"model: trained once with MIXER_HEAD=multi orders 2..{order.ngram_max_order} in {train['wall']:.0f}s "
-              f"(wall, incl. its own evaluation = the multi row); artifact {artifact}", flush=True)
+              f"(wall, incl. its own evaluation = the multi row); artifact {where}", flush=True)
     print(f"TTT_EPOCHS={ttt['TTT_EPOCHS']} in every row")
     print("| row | head | score-first val_bpb | gain over none | audit max abs(sum-1) | eval seconds | run wall s |\n"
           "|---|---|---|---|---|---|---|")

@@ -16,7 +16,7 @@ Prints, for MIXER_HEAD none and multi, today's train_step(tr, loader, lr_mul, mo
 train_step(model, optimizers, stream, ...) on the same config, tokens and oracle counts, each followed by the EMA
 update as the training loop runs it. Every step ends in a synchronize (the loop's per-step clock read does the
 same) and every figure is the median over steps, which a shared machine's other processes disturb least:
-  ms/step, tokens/s, peak GiB   from BENCH_STEPS steps;
+  ms/step, tokens/s, peak GiB   from BENCH_STEPS steps (peak: CUDA only, n/a on a CPU);
   the split per step            from BENCH_STEPS more steps that synchronize (CUDA) around every part: data wait
                                 (blocked in loader.next(), or in the baseline's next_micro_batch), oracle lookups
                                 (NgramCache.keys and .expert_probs, separately), optimizer (Muon, Adam, EMA update),
@@ -217,7 +217,7 @@ def measure(make, tokens_per_step: int, split: bool = True) -> dict:
             sync()
             times.append((time.perf_counter() - t0) * 1000)
         ms = statistics.median(times)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if CUDA else float("nan")
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f}" if CUDA else "n/a"  # torch tracks no CPU peak
         steps, timers.on = [], True
         with timed_clip(timers):
             for i in range(WARM + STEPS, WARM + 2 * STEPS) if split else ():
@@ -244,7 +244,7 @@ def print_step_table(rows: list[tuple[str, str, dict]]):
         p = defaultdict(float, r["parts"])
         opt = p["muon"] + p["adam"] + p["ema"]
         speed = f"{base[head] / r['ms']:.2f}x" if code == "today" and head in base else ""
-        print(f"| {code} | {head} | {r['ms']:.1f} | {r['tps']:,.0f} | {r['peak']:.2f} | {p['total']:.1f} | "
+        print(f"| {code} | {head} | {r['ms']:.1f} | {r['tps']:,.0f} | {r['peak']} | {p['total']:.1f} | "
               f"{p['fwd_bwd']:.1f} | {opt:.1f} ({p['muon']:.1f} / {p['adam']:.1f} / {p['ema']:.1f}) | {p['clip']:.1f} | "
               f"{p['data']:.1f} | {p['keys']:.1f} | {p['probs']:.1f} | {speed} |", flush=True)
 
@@ -270,7 +270,7 @@ def accum_sweep(env: dict):
             free_memory()
             print(f"| {accum} | {a.train_batch_tokens // accum:,} | out of memory | | |", flush=True)
             continue
-        print(f"| {accum} | {a.train_batch_tokens // accum:,} | {r['ms']:.1f} | {r['tps']:,.0f} | {r['peak']:.2f} |",
+        print(f"| {accum} | {a.train_batch_tokens // accum:,} | {r['ms']:.1f} | {r['tps']:,.0f} | {r['peak']} |",
               flush=True)
         if best is None or r["ms"] < best[1]:
             best = (accum, r["ms"])

@@ -1,6 +1,7 @@
 """train_gpt.py core: configuration errors, model, Muon, quantization/export."""
 import ast
 import io
+import os
 import subprocess
 import sys
 import tokenize
@@ -25,19 +26,65 @@ from conftest import ROOT
     ({"NGRAM_BUCKETS": "1000"}, "NGRAM_BUCKETS=1000 must be a power of two"),
     ({"NGRAM_MAX_ORDER": "9", "NGRAM_ENT_CENTER": "1,2,3"}, "must list 1 or 8 centers"),
     ({"EMA_DECAY": "1.5"}, "EMA_DECAY='1.5' is out of range"),
+    # every typo, not only under a hand-kept prefix list: spelling, case, a knob's first word, a retired knob's prefix
+    ({"ITERATONS": "5"}, "unknown variable ITERATONS='5'; did you mean ITERATIONS?"),
+    ({"MAX_WALLCLOCK_SECOND": "5"}, "did you mean MAX_WALLCLOCK_SECONDS?"),
+    ({"DATA_PAHT": ".."}, "did you mean DATA_PATH?"),
+    ({"SEEDS": "7"}, "unknown variable SEEDS='7'; did you mean SEED?"),
+    ({"TOKENIZER": "t.model"}, "did you mean TOKENIZER_PATH?"),
+    ({"matrix_lr": "0.5"}, "unknown variable matrix_lr='0.5'; did you mean MATRIX_LR?"),
+    ({"LOAD_ARTFACT": "run.ptz"}, "did you mean LOAD_ARTIFACT?"),
+    ({"LATE_QAT": "1"}, "unknown variable LATE_QAT='1'"),
+    ({"EMA_ENABLED": "1"}, "unknown variable EMA_ENABLED='1'"),
+    ({"LOAD_ARTIFACT": "run.ptz", "MODEL_DIM": "256", "TRAIN_SEQ_LEN": "1024"},
+     "MODEL_DIM, TRAIN_SEQ_LEN set with LOAD_ARTIFACT, which fixes the model's shape and vocabulary; unset them"),
 ])
 def test_bad_config_is_one_line_error(env, fragment):
     with pytest.raises(tg.UserError, match=fragment.replace("?", r"\?").replace("(", r"\(")):
         tg.load_hyperparameters(env)
 
 
-def test_bad_config_exits_2_before_any_work(tmp_path):
+@pytest.mark.parametrize("name, value, line", [
+    ("NGRAM_MAX_ORDRE", "9", "unknown variable NGRAM_MAX_ORDRE='9'; did you mean NGRAM_MAX_ORDER?"),
+    ("LOAD_ARTFACT", "run.ptz", "unknown variable LOAD_ARTFACT='run.ptz'; did you mean LOAD_ARTIFACT?"),  # not a
+])                                                                                              # 10-minute training run
+def test_bad_config_exits_2_before_any_work(tmp_path, name, value, line):
     proc = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "NGRAM_MAX_ORDRE": "9", "DATA_PATH": "/nonexistent"})
+                          env={"PATH": "/usr/bin:/bin", name: value, "DATA_PATH": "/nonexistent"})
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "error: config error: unknown variable NGRAM_MAX_ORDRE='9'; did you mean NGRAM_MAX_ORDER?"]
+    assert proc.stderr.strip().splitlines() == ["error: config error: " + line]
     assert not (tmp_path / "logs").exists()  # stopped before creating a log, touching data or building a model
+
+
+def test_a_real_launch_environment_is_not_mistaken_for_typos(tmp_path):
+    """os.environ as torchrun gives it to a rank, plus what CUDA machines, shells, schedulers and benches set."""
+    script = tmp_path / "env.py"
+    script.write_text(f"import sys; sys.path.insert(0, {str(ROOT)!r}); import os, train_gpt as tg\n"
+                      "a = tg.load_hyperparameters(dict(os.environ) | {'PRESET': 'smoke'}); print('ok', a.preset)\n")
+    ordinary = {k: "0" for k in (
+        "CUDA_VISIBLE_DEVICES CUDA_LAUNCH_BLOCKING NCCL_DEBUG NCCL_IB_DISABLE NCCL_P2P_DISABLE NCCL_SOCKET_IFNAME "
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING TORCHINDUCTOR_FX_GRAPH_CACHE CUBLAS_WORKSPACE_CONFIG MKL_NUM_THREADS "
+        "PYTHONHASHSEED HF_HUB_OFFLINE TOKENIZERS_PARALLELISM WANDB_API_KEY WANDB_PROJECT SLURM_JOB_ID SLURM_PROCID "
+        "NODE_RANK NNODES MAX_JOBS NVIDIA_VISIBLE_DEVICES BENCH_TOKENS BENCH_ROWS PREFLIGHT_SECONDS").split()} | {
+        "TORCH_DISTRIBUTED_DEBUG": "OFF", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "TZ": "UTC", "TMPDIR": str(tmp_path),
+        "HF_HOME": str(tmp_path), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path), "TRITON_CACHE_DIR": str(tmp_path),
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "CUDA_HOME": "/usr/local/cuda", "VIRTUAL_ENV": "/venv"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                           str(script)], env={k: v for k, v in os.environ.items() if k not in tg.KNOB_BY_ENV}
+                          | ordinary | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok smoke" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the thread default is for CPU runs")
+@pytest.mark.parametrize("omp, threads", [(None, 1), ("2", 2)])
+def test_cpu_runs_one_thread_unless_omp_num_threads_says(tmp_path, omp, threads):
+    """One thread per core oversubscribes a shared CPU (82 s instead of 28 s for PRESET=smoke on 2 busy cores)."""
+    env = {k: v for k, v in os.environ.items() if k not in tg.KNOB_BY_ENV and k != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, capture_output=True, text=True,
+                          env=env | {"PRESET": "smoke", "TOKENIZER_PATH": "missing.model"} | (
+                              {"OMP_NUM_THREADS": omp} if omp else {}), timeout=120)
+    assert proc.returncode == 2 and "TOKENIZER_PATH='missing.model' does not exist" in proc.stderr
+    assert f"device:cpu gpu:none cpu_threads:{threads}" in proc.stdout
 
 
 def test_parsing_types_presets_and_overrides():
