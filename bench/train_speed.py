@@ -1,7 +1,9 @@
-"""Training step speed of today's train_gpt.py against a baseline commit, in one process on one config.
+"""Training step speed of today's train_gpt.py (and, on request, a baseline commit), in one process on one config.
 
-    python3 bench/train_speed.py                        # the default 11-layer config (GPU: ~10 min on an H100,
-                                                        # most of it compiling the 8 models it builds)
+    python3 bench/train_speed.py                        # the default 11-layer config on one GPU (6 models, each
+                                                        # compiled; with BENCH_BASELINE 8: ~10 min on an H100).
+                                                        # bench/preflight.py's speed stage gives ms/step, tokens/s
+                                                        # and memory with the mixer off and on in ~70 s (one H200)
     PRESET=smoke python3 bench/train_speed.py           # tiny, on CPU: ~1 min on 2 cores
     PRESET=smoke NUM_LAYERS=4 MODEL_DIM=128 TRAIN_BATCH_TOKENS=16384 TRAIN_SEQ_LEN=256 python3 bench/train_speed.py
                                                         # a little bigger, on CPU: ~4 min on 2 cores
@@ -9,7 +11,8 @@ On a CPU shared with other work, prefix OMP_NUM_THREADS=1 (two threads on two bu
 Model and mixer knobs come from the environment as in train_gpt.py (TRAIN_BATCH_TOKENS, NGRAM_MAX_ORDER, ...).
 Bench knobs: BENCH_STEPS (10) timed steps after BENCH_WARM (3) untimed ones; BENCH_ORACLE_TOKENS (2,000,000)
 counted into the oracle (a real run counts the whole training set: raise it to see lookups in bigger tables);
-BENCH_BASELINE (8ce0b6e, the commit measured on the H100 in GPU_MEASUREMENTS.md; "none" skips it); BENCH_ACCUM
+BENCH_BASELINE (none; e.g. 8ce0b6e, the commit measured on the H100 in GPU_MEASUREMENTS.md: needs a clone whose
+history holds it); BENCH_ACCUM
 ("1,2,4,8"; empty skips the sweep): the GRAD_ACCUM_STEPS values to sweep.
 
 Prints, for MIXER_HEAD none and multi, today's train_step(tr, loader, lr_mul, momentum) and the baseline's
@@ -47,7 +50,7 @@ import train_gpt as tg  # noqa: E402
 
 STEPS, WARM = int(os.environ.get("BENCH_STEPS", 10)), int(os.environ.get("BENCH_WARM", 3))
 ORACLE_TOKENS = int(os.environ.get("BENCH_ORACLE_TOKENS", 2_000_000))
-BASELINE = os.environ.get("BENCH_BASELINE", "8ce0b6e")
+BASELINE = os.environ.get("BENCH_BASELINE", "none")
 ACCUMS = [int(x) for x in os.environ.get("BENCH_ACCUM", "1,2,4,8").split(",") if x.strip()]
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 CUDA = DEVICE.type == "cuda"
@@ -96,8 +99,11 @@ def timed_clip(timers: Timers):
 
 def load_baseline(commit: str):
     """That commit's train_gpt.py (git show) imported as its own module."""
-    src = subprocess.run(["git", "show", f"{commit}:train_gpt.py"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    got = subprocess.run(["git", "show", f"{commit}:train_gpt.py"], cwd=ROOT, capture_output=True, text=True)
+    if got.returncode:
+        sys.exit(f"BENCH_BASELINE={commit}: not in this clone's history ({got.stderr.strip()}); fetch it, or unset "
+                 "BENCH_BASELINE to measure today's code alone")
+    src = got.stdout
     path = Path(tempfile.mkdtemp(prefix="bench_baseline_")) / f"train_gpt_{commit}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(path.stem, path)
