@@ -618,11 +618,14 @@ def command_lines(cfg: dict, seeds: list[int], world: int, script: str) -> str:
 
 
 def data_section(cfg: dict, defaults: dict | None, repo_root: Path) -> list[str]:
-    """How the data was built: the data/prepare.py command and the provenance.json it wrote next to the shards."""
-    data = Path(cfg.get("DATA_PATH") or (defaults or {}).get("DATA_PATH") or "./data/datasets/fineweb10B_sp1024")
-    record = (data if data.is_absolute() else Path(repo_root) / data) / "provenance.json"
-    if not record.is_file():
-        return [f"No provenance.json was found at `{data}` when this folder was written, so how the data was built is "
+    """How the data was built: the data/prepare.py command and the provenance.json it wrote next to the shards (where
+    the runs read it, else where the command reads it)."""
+    ran = cfg.get("DATA_PATH") or (defaults or {}).get("DATA_PATH") or "./data/datasets/fineweb10B_sp1024"
+    here = portable_config({"DATA_PATH": ran}, repo_root, None)[0]["DATA_PATH"]
+    record = next((Path(repo_root) / d / "provenance.json" for d in (ran, here)
+                   if (Path(repo_root) / d / "provenance.json").is_file()), None)
+    if record is None:
+        return [f"No provenance.json was found at `{here}` when this folder was written, so how the data was built is "
                 "not recorded.", ""]
     p = json.loads(record.read_text())
     files, src = p.get("files", {}), p.get("source")

@@ -215,7 +215,7 @@ def test_three_seed_record_folder(env):
     assert "compliance_json" not in readme
     lineno = next(i for i, line in enumerate(logs[0].read_text().splitlines(), 1) if line.startswith("summary_json"))
     assert f"- seed 1337: summary at line {lineno}, source at line 1 of `train_seed1337.log`" in readme
-    assert "No provenance.json was found at `/data/my shards`" in readme
+    assert "No provenance.json was found at `./data/datasets/my shards`" in readme and "/data/my shards`" not in readme
     assert env.messages == []
 
 
