@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import dataclasses
 import datetime
 import hashlib
@@ -210,8 +211,8 @@ def check_consistent(runs: list[Run]) -> None:
                 f"{k}={_show(a.get(k, _MISSING))} in {first.path} but {_show(b.get(k, _MISSING))} in {run.path}"
                 for k in diff) + " (seeds of one configuration differ only in SEED and RUN_ID)")
         if run.sha256 != first.sha256:
-            raise RecordError(f"logs disagree on the script: {first.path} ran train_gpt.py sha256:{first.sha256[:12]}... "
-                              f"but {run.path} ran sha256:{run.sha256[:12]}...")
+            raise RecordError(f"logs disagree on the script: {first.path} ran train_gpt.py sha256:"
+                              f"{first.sha256[:12]}... but {run.path} ran sha256:{run.sha256[:12]}...")
     seen: dict[int, Run] = {}
     for run in runs:
         if run.seed in seen:
@@ -308,7 +309,8 @@ def script_requirements(script: Path, requirements: Path) -> list[str]:
         return []
     tree = ast.parse(script.read_bytes())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree)
+                 if isinstance(n, ast.ImportFrom) and n.module and not n.level}
     norm = lambda name: re.sub(r"[-_.]+", "_", name).lower()  # noqa: E731
     wanted = {norm(m) for m in imported} - BASE_PACKAGES
     out = []
@@ -332,11 +334,6 @@ def _train_clock_why(c: dict, r: Run) -> str:
     return f"MAX_WALLCLOCK_SECONDS={cap:g} (no cap)" if cap <= 0 else f"MAX_WALLCLOCK_SECONDS={cap:g}, over 600 s"
 
 
-def _eval_ok(c: dict, r: Run) -> bool:
-    projected = c.get("eval_projection_seconds")
-    return c["eval_seconds"] <= EVAL_LIMIT_S and (projected is None or projected <= EVAL_LIMIT_S)
-
-
 def _eval_why(c: dict, r: Run) -> str:
     projected = c.get("eval_projection_seconds")
     if c["eval_seconds"] <= EVAL_LIMIT_S and projected is not None:
@@ -344,13 +341,10 @@ def _eval_why(c: dict, r: Run) -> str:
     return f"evaluated in {c['eval_seconds']:.1f} s, over the 600 s limit"
 
 
-@dataclasses.dataclass(frozen=True)
-class Check:
-    name: str  # the verdict's name in compliance (or the key re-checked, when the log has no verdict for it)
-    flag: str | None  # submission.json compliance key (None: a record requirement without a boolean)
-    ok: object  # (compliance, Run) -> bool: the re-check of the logged numbers
-    why: object  # (compliance, Run) -> str: why it fails, e.g. "ran on 1xcpu, a record needs 8xH100"
-    has_verdict: bool = True
+# name: the verdict's name in compliance (or the key re-checked, when the log has no verdict for it); flag: the
+# submission.json compliance key (None: a record requirement without a boolean); ok(compliance, run): the re-check
+# of the logged numbers; why(compliance, run): why it fails, e.g. "ran on 1xcpu, a record needs 8xH100"
+Check = collections.namedtuple("Check", "name flag ok why has_verdict", defaults=(True,))
 
 
 CHECKS = (
@@ -358,7 +352,8 @@ CHECKS = (
           lambda c, r: c["train_seconds"] is not None and c["train_seconds"] <= TRAIN_LIMIT_S,
           lambda c, r: "train_seconds unknown" if c["train_seconds"] is None else
           f"trained {c['train_seconds']:.1f} s, over the 600 s limit"),
-    Check("eval_time", "eval_under_600s", _eval_ok, _eval_why),
+    Check("eval_time", "eval_under_600s", lambda c, r: max(c["eval_seconds"], c.get("eval_projection_seconds") or 0)
+          <= EVAL_LIMIT_S, _eval_why),
     Check("artifact_size", "artifact_under_16mb",
           lambda c, r: max(c["artifact_bytes"], r.total_bytes) <= ARTIFACT_LIMIT_BYTES,
           lambda c, r: f"{max(c['artifact_bytes'], r.total_bytes)} bytes, over the 16000000-byte limit"),
@@ -629,15 +624,14 @@ def data_section(cfg: dict, defaults: dict | None, repo_root: Path) -> list[str]
                 "not recorded.", ""]
     p = json.loads(record.read_text())
     files, src = p.get("files", {}), p.get("source")
-    n_train = sum(name.startswith("fineweb_train_") for name in files)
-    cmd = {"sample": "python3 data/prepare.py sample",
-           "fineweb": f"python3 data/prepare.py fineweb --variant {p.get('variant')} --train-shards {n_train}",
-           }.get(p.get("kind"), f"python3 data/prepare.py corpus {' '.join(src if isinstance(src, list) else [str(src)])}"
-                                f" --out <DATA_PATH> --tokenizer <TOKENIZER_PATH>")
-    tok = p.get("tokenizer", {})
-    return [f"Built with `{cmd}`" + ("" if p.get("kind") in ("sample", "fineweb") else " (other options it took are "
-            "not recorded)") + f". Its `provenance.json` (sha256 `{sha256_bytes(record.read_bytes())}`, read when this "
-            f"folder was written) says: kind {p.get('kind')}, source {json.dumps(src)}, {len(files)} shard files "
+    n_train, kind = sum(name.startswith("fineweb_train_") for name in files), p.get("kind")
+    sources, tok = " ".join(src if isinstance(src, list) else [str(src)]), p.get("tokenizer", {})
+    cmd = {"sample": "python3 data/prepare.py sample`",
+           "fineweb": f"python3 data/prepare.py fineweb --variant {p.get('variant')} --train-shards {n_train}`"}.get(
+        kind, f"python3 data/prepare.py corpus {sources} --out <DATA_PATH> --tokenizer <TOKENIZER_PATH>` (other "
+              "options it took are not recorded)")
+    return [f"Built with `{cmd}. Its `provenance.json` (sha256 `{sha256_bytes(record.read_bytes())}`, read when "
+            f"this folder was written) says: kind {kind}, source {json.dumps(src)}, {len(files)} shard files "
             f"({sum(f.get('bytes', 0) for f in files.values()):,} bytes), tokenizer sha256 `{tok.get('sha256')}`, "
             f"validation documents in train: {p.get('val_docs_in_train')}.", ""]
 
@@ -723,7 +717,8 @@ def _script_paragraph(runs: list[Run], script_hash: str, packed: dict | None) ->
         return (f"`train_gpt.py` in this folder is the exact script that ran: sha256 `{script_hash}`, "
                 f"{runs[0].code_bytes:,} bytes (the hash in every log's `source` line).")
     if packed["already_packed"]:
-        return (f"`train_gpt.py` in this folder is the exact script that ran, which was already packed: sha256 `{script_hash}`; "
+        return (f"`train_gpt.py` in this folder is the exact script that ran, which was already packed: sha256 "
+                f"`{script_hash}`; "
                 f"the source it carries: sha256 `{packed['source_sha256']}`, {packed['source_bytes']:,} bytes.")
     return (f"`train_gpt.py` in this folder is the **packed** form of the script that ran (self-extracting; make_record "
             f"checked that `unpack_source` restores it): sha256 `{packed['packed_sha256']}`, "
@@ -791,9 +786,10 @@ def build_readme(runs: list[Run], sub: dict, reasons: list[str], sig: dict | Non
         out += [f"Seed {r.seed} (verbatim from `train_seed{r.seed}.log`):", "", "```",
                 *(r.compliance_lines or ["(no compliance lines)"]), "```", ""]
     out += ["## Environment and sources", "", f"{sub['hardware']}; python {first.versions.get('python', '?')}, torch "
-            f"{sub['pytorch_version'] or '?'}, cuda {sub['cuda_version'] or 'none'}. Written by `records/make_record.py` "
-            "from each run's summary (the `summary_json` line: scores, bytes, steps, times, export fit, compliance) "
-            "and the log's `source`, `versions`, `config_defaults` and `step:... val_bpb:` lines:", ""]
+            f"{sub['pytorch_version'] or '?'}, cuda {sub['cuda_version'] or 'none'}. Written by "
+            "`records/make_record.py` from each run's summary (the `summary_json` line: scores, bytes, steps, times, "
+            "export fit, compliance) and the log's `source`, `versions`, `config_defaults` and `step:... val_bpb:` "
+            "lines:", ""]
     out += [f"- seed {r.seed}: summary at {r.where['summary']}, source at {r.where['source']} of "
             f"`train_seed{r.seed}.log`" for r in runs] + [""]
     return "\n".join(out)
@@ -817,9 +813,7 @@ def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROO
         raise RecordError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (it names the folder)")
     date = date or datetime.date.today().isoformat()
     try:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
-            raise ValueError
-        datetime.date.fromisoformat(date)
+        datetime.date.fromisoformat(date if re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) else "")
     except ValueError:
         raise RecordError(f"--date {date!r} is not a date in YYYY-MM-DD form") from None
     if track not in (None, RECORD_TRACK, NON_RECORD_TRACK):
@@ -850,8 +844,9 @@ def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROO
         warn("the seeds ran on different hardware: " + ", ".join(sorted({hardware_text(r) for r in runs})))
     first = runs[0]
     cfg, notes = portable_config(first.config, Path(repo_root), first.defaults)
-    command = command_lines(cfg, [r.seed for r in runs], first.c["world_size"], f"records/{track}/{folder.name}/train_gpt.py")
-    extra = script_requirements(Path(script), Path(requirements) if requirements else Path(repo_root) / "requirements.txt")
+    command = command_lines(cfg, [r.seed for r in runs], first.c["world_size"],
+                            f"records/{track}/{folder.name}/train_gpt.py")
+    extra = script_requirements(Path(script), Path(requirements or Path(repo_root) / "requirements.txt"))
     meta = {"author": author, "github_id": github_id, "name": name, "blurb": blurb or technique_summary(first),
             "date": date, "track": track}
     sub = build_submission(runs, meta, flags, sig, pack)
@@ -968,11 +963,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_record: error: {e}", file=sys.stderr)
         return 2
     sub = json.loads((folder / "submission.json").read_text())
-    print(f"wrote {folder}")
-    print(f"val_bpb {sub['val_bpb']:.8f} (std {_fmt(sub['val_bpb_std'])}) over seeds {sub['seeds']}, "
+    print(f"wrote {folder}\nval_bpb {sub['val_bpb']:.8f} (std {_fmt(sub['val_bpb_std'])}) over seeds {sub['seeds']}, "
           f"bytes_total {sub['bytes_total']}")
-    if "significance" in sub:
-        s = sub["significance"]
+    if s := sub.get("significance"):
         print(f"significance: delta {s['delta_nats']:.5f} nats, p = {s['p_value']:.4g} "
               f"({'passes' if s['passes_p01'] else 'does not pass'} p < 0.01)")
     return 0

@@ -563,8 +563,8 @@ def test_the_record_folders_command_reproduces_the_run_exactly(tmp_path):
     first = smoke(repo, repo / "train_gpt.py", {"PRESET": "smoke", "SEED": "3", "RUN_ID": "orig", "SWA_EVERY": "50",
                                                 "ITERATIONS": "12"})
     assert first.returncode == 0, first.stderr[-2000:]
-    folder = mr.make_record([repo / "logs/orig.txt"], name="Repro", out_root=repo / "records", script=repo / "train_gpt.py",
-                            date="2026-12-04", non_record=True, repo_root=repo, warn=lambda m: None)
+    folder = mr.make_record([repo / "logs/orig.txt"], name="Repro", out_root=repo / "records", date="2026-12-04",
+                            script=repo / "train_gpt.py", non_record=True, repo_root=repo, warn=lambda m: None)
     command = command_of(folder)
     assert "SWA_EVERY" not in command and "PRESET" not in command and "/work" not in command
     again = subprocess.run(["bash", "-c", "export OMP_NUM_THREADS=1 RUN_ID=again\n" + command], cwd=repo,
