@@ -383,7 +383,10 @@ def log_run_header(rt: Runtime, a) -> None:
     rt.log("config " + json.dumps(config, sort_keys=True), console=False)
     rt.log("config_defaults " + json.dumps({k.env: k.default for k in KNOB_BY_ENV.values()}, sort_keys=True), console=False)
     changed = {k: v for k, v in config.items() if k == "RUN_ID" or v != KNOB_BY_ENV[k].default}
-    rt.log("config_changed " + json.dumps(changed, sort_keys=True))
+    rt.log("config_changed " + json.dumps(changed, sort_keys=True), console=False)
+    short = " ".join(f"{k}={Path(v).name if k.endswith('_PATH') else v}" for _, k, v in sorted(
+        (k != "PRESET", k, v) for k, v in changed.items() if k != "RUN_ID"))  # PRESET first, paths by their name
+    rt.log(f"knobs_changed n:{len(changed) - 1} {short[:200] + '...' * (len(short) > 200)} (the log: config_changed)")
     rt.summary.update(run_id=rt.run_id, seed=a.seed, hardware=f"{rt.world}x{device_name(rt)}", torch=torch.__version__,
                       config_changed=changed)
 
@@ -1358,7 +1361,7 @@ def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, v
         done += sum(e - s for _, s, e in blocks[r:r + world])
         elapsed = time.perf_counter() - t0
         if flags[1] or i + 1 == len(rounds) or (i + 1) % max(1, len(rounds) // 10) == 0:
-            log(f"ngram_prefill tokens:{done}/{total} elapsed:{elapsed:.1f}s rate:{done / max(elapsed, 1e-9) / 1e6:.1f}M tok/s")
+            log(f"ngram_prefill tokens:{done}/{total} elapsed:{elapsed:.1f}s rate:{done / max(elapsed, 1e-9) / 1e6:.3g}M tok/s")
         if flags[1]:
             log(f"ngram_prefill stopped_early: {elapsed:.0f}s is over {PREFILL_MAX_SHARE:.0%} of the training budget; "
                 f"the oracle keeps the first {done} tokens (set NGRAM_PREFILL_TOKENS to choose)")
@@ -1532,6 +1535,10 @@ class Schedule:
 
     def lr_mul(self, progress: float) -> float:
         return 1.0 if progress <= 1 - self.a.warmdown_frac else max(0.0, (1 - progress) / self.a.warmdown_frac)
+
+    def steps_text(self, step: int, elapsed_ms: float) -> str:  # ITERATIONS, or ~ the steps the clock allows
+        reach = round(step / max(self.progress(step, elapsed_ms), 1e-9))
+        return str(self.a.iterations) if reach >= self.a.iterations else f"~{reach}"
 
     def muon_momentum(self, progress: float) -> float:
         a = self.a
@@ -1710,7 +1717,8 @@ def train(tr: Trainer, ev, plan: dict, data_check=None) -> tuple[dict[str, Tenso
         if a.val_loss_every and step and step % a.val_loss_every == 0:
             t_val = time.perf_counter()  # the clock pauses for monitoring evals, as in the challenge's baseline
             res = evaluate(ev, "val", ev.seq_len, a.eval_chunk_tokens)
-            rt.log(f"step:{step}/{a.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
+            rt.log(f"step:{step}/{schedule.steps_text(step, train_ms)} val_loss:{res.val_loss:.4f} "
+                   f"val_bpb:{res.val_bpb:.4f} "
                    f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms (live weights)")
             paused += time.perf_counter() - t_val
             model.train()
@@ -1718,6 +1726,7 @@ def train(tr: Trainer, ev, plan: dict, data_check=None) -> tuple[dict[str, Tenso
         loss = train_step(tr, loader, lr_mul, schedule.muon_momentum(progress))
         averager.update(model)
         step += 1
+        rt.summary["train"] = dict(steps=step)  # how far a stopped run got (run_cli); replaced at the end
         if a.swa_every and lr_mul < a.swa_start_lrmul and step % a.swa_every == 0:
             averager.snapshot(model)
         if step % a.train_log_every == 0 or step == 1 or step == a.iterations:  # the only other per-step host sync
@@ -1726,8 +1735,9 @@ def train(tr: Trainer, ev, plan: dict, data_check=None) -> tuple[dict[str, Tenso
                 raise TrainingDiverged(f"train_loss is {value} at step {step}; lower MATRIX_LR/SCALAR_LR or check "
                                        "the data")
             train_ms = (time.perf_counter() - clock_start - paused) * 1000 - loop_start_ms
-            rt.log(f"step:{step}/{a.iterations} train_loss:{value:.4f} train_time:{train_ms:.0f}ms "
-                   f"step_avg:{train_ms / step:.2f}ms lr_mul:{lr_mul:.3f}")
+            eta_s = train_ms / 1000 * (1 / schedule.progress(step, train_ms) - 1)
+            rt.log(f"step:{step}/{schedule.steps_text(step, train_ms)} train_loss:{value:.4f} "
+                   f"train_time:{train_ms:.0f}ms step_avg:{train_ms / step:.2f}ms lr_mul:{lr_mul:.3f} eta:{eta_s:.0f}s")
     loader.close()
     weights, kind = averager.final(model)
     model.load_state_dict(weights)
@@ -2222,7 +2232,8 @@ def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: N
     seconds = time.perf_counter() - t_start
     projection = full_split_projection(seconds, serial_s, audit_s, ev.world, n_targets)
     ev.log(f"eval_scored label:{label} targets:{int(totals[2])} expected:{n_targets} seconds:{seconds:.1f} "
-           f"full_fineweb_8gpu_projection:{projection:.0f}s")
+           + (f"full_fineweb_8gpu_projection:{projection:.0f}s" if ev.tokens.is_cuda else
+              f"full_fineweb_cpu_projection:{projection:.0f}s (at this CPU's rate: says nothing about GPUs)"))
     line = ""
     if audit_sums:
         err = torch.tensor(audit_sums, dtype=torch.float64)
@@ -2498,28 +2509,36 @@ class DataCheck:
 
 def compliance_report(a, rt: Runtime, train_seconds: float | None, evaluation: dict, model_bytes: int,
                       data: tuple[str, bool, int | None], val_targets: int) -> dict:
-    """What a reviewer checks, each PASS/FAIL with the measured value (SKIP: not measured in this run), and why the
-    run is or is not a record."""
+    """What a reviewer checks, each PASS/FAIL with the measured value (SKIP: not measured, never PASS), and why the
+    run is or is not a record. Eval time: the clock of a full split on 8 GPUs, else the passes' projections to it."""
     code_bytes, _ = code_sizes()
-    ea = evaluation["a"]
-    hardware = f"{rt.world}x{device_name(rt)}"
-    r = dict(train_seconds=train_seconds, eval_seconds=evaluation["eval_seconds"], model_bytes=model_bytes,
-             code_bytes=code_bytes, artifact_bytes=model_bytes + code_bytes, export_fit="yes",
+    ea, fit, hardware = evaluation["a"], rt.summary.get("export"), f"{rt.world}x{device_name(rt)}"
+    on_gpu = device_name(rt) != "cpu"
+    scores = rt.summary.get("scores", {})
+    passes = [scores.get(k, {}).get("projection_8gpu_s") for k in ("roundtrip", "sliding", "legal_ttt")]
+    full = ea.eval_max_tokens == 0 and evaluation["scored_targets"] == val_targets and rt.world == 8
+    projected = sum(passes) if on_gpu and not full and None not in passes else None
+    r = dict(train_seconds=train_seconds, eval_seconds=evaluation["eval_seconds"], eval_projection_seconds=projected,
+             model_bytes=model_bytes, code_bytes=code_bytes, artifact_bytes=model_bytes + code_bytes,
+             export_fit=None if fit is None else ("yes" if fit["bytes"] <= fit["target"] else "no"),
              scoring=ea.ngram_scoring if ea.mixer_head != "none" else "normalized",
              train_data_at_eval="yes" if ea.ngram_eval_prefill == "train" and ea.mixer_head != "none" else "no",
-             score_first="yes", hardware=hardware, world_size=rt.world, train_cap_seconds=a.max_wallclock_seconds,
+             hardware=hardware, world_size=rt.world, train_cap_seconds=a.max_wallclock_seconds,
              scored_targets=evaluation["scored_targets"], val_targets=val_targets, eval_max_tokens=ea.eval_max_tokens,
              data=data[0], val_docs_in_train=data[2])
     verdict = lambda ok: "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+    eval_s = r["eval_seconds"] if projected is None else projected
     checks = dict(  # name: (verdict, why it fails)
         train_time=(None if train_seconds is None else train_seconds <= LIMIT_TRAIN_SECONDS,
                     f"{train_seconds or 0:.1f}s on the training clock (limit {LIMIT_TRAIN_SECONDS:.0f}s)"
                     if train_seconds is not None else "not measured (LOAD_ARTIFACT run)"),
-        eval_time=(r["eval_seconds"] <= LIMIT_EVAL_SECONDS, f"{r['eval_seconds']:.1f}s (limit {LIMIT_EVAL_SECONDS:.0f}s)"),
+        eval_time=(eval_s <= LIMIT_EVAL_SECONDS if on_gpu else None,
+                   "not measured on the challenge's hardware (a CPU run)" if not on_gpu else
+                   f"{eval_s:.1f}s{' projected for the full split on 8 GPUs' if projected is not None else ''} "
+                   f"(limit {LIMIT_EVAL_SECONDS:.0f}s)"),
         artifact_size=(r["artifact_bytes"] <= LIMIT_ARTIFACT_BYTES, f"{r['artifact_bytes']} bytes (limit {LIMIT_ARTIFACT_BYTES})"),
         scoring=(r["scoring"] == "normalized", "hashed_target is not a normalized probability"),
         train_data_at_eval=(r["train_data_at_eval"] == "no", "NGRAM_EVAL_PREFILL=train counts training data at eval"),
-        score_first=(True, ""),
         hardware=(rt.world == 8 and "H100" in hardware, f"ran on {hardware}; a record needs 8xH100"),
         train_clock=(0 < a.max_wallclock_seconds <= LIMIT_TRAIN_SECONDS if train_seconds is not None else None,
                      f"MAX_WALLCLOCK_SECONDS={a.max_wallclock_seconds:g} (a record caps training at "
@@ -2528,8 +2547,8 @@ def compliance_report(a, rt: Runtime, train_seconds: float | None, evaluation: d
                          f"scored {r['scored_targets']} of the split's {val_targets} targets (EVAL_MAX_TOKENS="
                          f"{ea.eval_max_tokens})"),
         data=(data[1], data[0]),
-        val_overlap=(data[1] and data[2] == 0, f"validation documents in the training shards: {data[2]}"
-                     + ("" if data[1] else " (counted on data that is not verified FineWeb)")))
+        val_overlap=(data[2] == 0 if data[1] else None, f"validation documents in the training shards: {data[2]}"
+                     if data[1] else "not checked: the data is not verified FineWeb"))
     r["verdicts"] = {k: verdict(ok) for k, (ok, _) in checks.items()}
     r["not_record_because"] = [f"{k}: {why}" for k, (ok, why) in checks.items() if ok is not True]
     r["record"] = not r["not_record_because"]
@@ -2539,26 +2558,30 @@ def compliance_report(a, rt: Runtime, train_seconds: float | None, evaluation: d
 def log_compliance(rt: Runtime, r: dict) -> None:
     v, fmt = r["verdicts"], lambda x, unit: "n/a" if x is None else f"{x:.1f}{unit}"
     rt.log(f"compliance train_time:{fmt(r['train_seconds'], 's')} limit:{LIMIT_TRAIN_SECONDS:.0f}s {v['train_time']}")
-    rt.log(f"compliance train_clock:{r['train_cap_seconds']:g}s limit:{LIMIT_TRAIN_SECONDS:.0f}s {v['train_clock']}")
-    rt.log(f"compliance eval_time:{fmt(r['eval_seconds'], 's')} limit:{LIMIT_EVAL_SECONDS:.0f}s {v['eval_time']}")
+    cap = f"{r['train_cap_seconds']:g}s" if r["train_cap_seconds"] > 0 else "uncapped"
+    rt.log(f"compliance train_clock:{cap} limit:{LIMIT_TRAIN_SECONDS:.0f}s {v['train_clock']}")
+    why = ("not measured on the challenge's hardware" if v["eval_time"] == "SKIP" else "full split on 8 GPUs"
+           if r["eval_projection_seconds"] is None else f"projected_full_8gpu:{r['eval_projection_seconds']:.1f}s")
+    rt.log(f"compliance eval_time:{fmt(r['eval_seconds'], 's')} ({why}) limit:{LIMIT_EVAL_SECONDS:.0f}s {v['eval_time']}")
     rt.log(f"compliance artifact_bytes:{r['artifact_bytes']} model:{r['model_bytes']} code:{r['code_bytes']} "
            f"limit:{LIMIT_ARTIFACT_BYTES} {v['artifact_size']}")
     rt.log(f"compliance scoring:{r['scoring']} {v['scoring']}")
     rt.log(f"compliance train_data_at_eval:{r['train_data_at_eval']} {v['train_data_at_eval']}")
-    rt.log(f"compliance score_first:{r['score_first']} {v['score_first']}")
+    rt.log(f"compliance export_fit:{r['export_fit'] or 'n/a (nothing exported in this run)'}")
     rt.log(f"compliance hardware:{r['hardware']} {v['hardware']}")
     rt.log(f"compliance full_validation:{r['scored_targets']}/{r['val_targets']} {v['full_validation']}")
     rt.log(f"compliance data:{'fineweb' if v['data'] == 'PASS' else 'other'} ({r['data']}) {v['data']}")
-    rt.log(f"compliance val_docs_in_train:{r['val_docs_in_train']} {v['val_overlap']}")
+    rt.log(f"compliance val_docs_in_train:{r['val_docs_in_train']}{'' if v['data'] == 'PASS' else ' (unverified data)'} "
+           f"{v['val_overlap']}")
     rt.log("compliance_verdict record:" + ("yes" if r["record"] else "no because: " + "; ".join(r["not_record_because"])))
-    rt.log("compliance_json " + json.dumps(r, sort_keys=True))
+    rt.log("compliance_json " + json.dumps(r, sort_keys=True), console=False)
     if rt.rank == 0:
         Path("logs", f"{rt.run_id}.compliance.json").write_text(json.dumps(r, indent=2, sort_keys=True))
 
 
-def main() -> None:
+def main(state: dict) -> None:
     a = load_hyperparameters()
-    rt = setup_runtime(a)
+    rt = state["rt"] = setup_runtime(a)  # run_cli's, so a run that stops can say why in its log
     accum = grad_accum_steps(a, rt.world)  # a world-size-dependent config error, still before any data work
     artifact = read_artifact(Path(a.load_artifact)) if a.load_artifact else None  # its vocabulary: logged, and the
     a = dataclasses.replace(a, vocab_size=artifact[0].vocab_size) if artifact else a  # tokenizer and shards must fit
@@ -2610,13 +2633,23 @@ def main() -> None:
     report = compliance_report(a, rt, train_seconds, evaluation, model_bytes, data, val.numel() - 1)
     log_compliance(rt, report)
     ea, res = evaluation["a"], evaluation["result"]
-    rt.log(f"result val_bpb:{res.val_bpb:.8f} (score-first, "
-           f"{'neural only' if ea.mixer_head == 'none' else ea.ngram_scoring}{', TTT' if ea.ttt_epochs else ''}) "
-           f"log:logs/{rt.run_id}.txt artifact:{path}")
+    log_result(rt, ea, res, path)
     rt.summary.update(result=dict(val_loss=res.val_loss, val_bpb=res.val_bpb, head=ea.mixer_head, ttt=bool(ea.ttt_epochs)),
                       eval_seconds=evaluation["eval_seconds"], artifact=str(path), load_artifact=a.load_artifact,
                       compliance=report)
     write_summary(rt)
+
+
+def log_result(rt: Runtime, ea, res: EvalResult, path: Path) -> None:
+    """The score beside the network's own sliding-window score, and a warning when the mixer made it worse."""
+    own = rt.summary.get("scores", {}).get("sliding", {}).get("val_bpb")
+    if own is not None and res.val_bpb > own and ea.mixer_head != "none":
+        rt.log(f"WARNING the mixer{' and TTT' if ea.ttt_epochs else ''} made the score worse: val_bpb {res.val_bpb:.4f} "
+               f"against the network's own sliding window {own:.4f} ({res.val_bpb - own:+.4f}); compare MIXER_HEAD=none")
+    rt.log(f"result val_bpb:{res.val_bpb:.8f} (score-first, "
+           f"{'neural only' if ea.mixer_head == 'none' else ea.ngram_scoring}{', TTT' if ea.ttt_epochs else ''}) "
+           + (f"network_sliding_bpb:{own:.8f} " if own is not None else "")
+           + f"log:logs/{rt.run_id}.txt artifact:{path}")
 
 
 def write_summary(rt: Runtime) -> None:
@@ -2631,25 +2664,43 @@ def write_summary(rt: Runtime) -> None:
 
 
 def run_cli() -> int:
-    args = sys.argv[1:]
+    """The command line: --help, then main(); every way a run stops ends the log with one line that says why."""
+    args, state = sys.argv[1:], {}
     if any(arg in ("-h", "--help") for arg in args):
-        print(__doc__ + "\nEnvironment variables:\n\n" + help_table())
+        try:
+            print(__doc__ + "\nEnvironment variables:\n\n" + help_table(), flush=True)
+        except BrokenPipeError:  # e.g. --help | head: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+    def last_line(line: str, console: bool = True) -> None:
+        if "rt" in state:
+            state["rt"].log(line, console=False)
+        if console:
+            print(line, file=sys.stderr, flush=True)
     try:
         if args:  # every knob is an environment variable: a flag here would be silently ignored otherwise
             name = args[0].lstrip("-").split("=", 1)[0].replace("-", "_").upper()
             hint = f"{name}={args[0].split('=', 1)[1] if '=' in args[0] else (args[1:2] or ['...'])[0]} " if name in KNOB_BY_ENV else ""
             raise UserError(f"train_gpt.py takes no arguments (got {' '.join(args)!r}); set environment variables, "
                             f"e.g. {hint or 'PRESET=smoke '}python3 train_gpt.py (see --help)")
-        main()
+        main(state)
         return 0
+    except KeyboardInterrupt:  # where it stopped, from what the summary holds so far
+        done = state["rt"].summary if "rt" in state else {}
+        last_line("interrupted " + (f"after the {list(done['scores'])[-1]} evaluation pass" if "scores" in done else
+                                    f"at step {done['train']['steps']}" if "train" in done else "before training"))
+        return 130
     except (UserError, TrainingDiverged) as e:
-        print(f"error: {e}", file=sys.stderr)
+        last_line(f"error: {e}")
         if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's failure summary then shows our line, not <N/A>
             line = f"error: {e}"
             Path(os.environ["TORCHELASTIC_ERROR_FILE"]).write_text(json.dumps({"message": {"message": line, "extraInfo": {
                 "py_callstack": line, "timestamp": str(int(time.time()))}}}))
         return 2 if isinstance(e, UserError) else 1
+    except Exception as e:  # a bug or a machine fault: the traceback for whoever debugs it, and the log's last line
+        last_line(f"error: {type(e).__name__}: {e}", console=False)
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -99,11 +99,9 @@ def run(env: dict, workdir: Path, nproc: int) -> dict:
     fields = {"wall": time.perf_counter() - t0}
     if proc.returncode:
         return fields | {"error": (proc.stderr.strip().splitlines() or ["?"])[-1].removeprefix("error: ")}
+    fields["compliance"] = json.loads((workdir / "logs" / f"{env['RUN_ID']}.summary.json").read_text())["compliance"]
     for line in proc.stdout.splitlines():
         name, _, rest = line.partition(" ")
-        if name == "compliance_json":
-            fields["compliance"] = json.loads(rest)
-            continue
         metric = re.fullmatch(r"final_(\S+)_(roundtrip|sliding_window)_exact", name)
         if metric:  # final_<bit-width tag>_..., e.g. int6 or int5-6
             fields["tag"], name = metric[1], metric[2]
