@@ -79,7 +79,7 @@ def summary(seed: int, *, bpb: float, config: dict, train_seconds: float, total_
         "export": {"method": "gptq", "k_attn": 12.0, "k_mlp": 12.5, "k_embed": 14.0, "widen": 1.0,
                    "bytes": total_bytes, "target": 16_000_000, "tries": 1, "seconds": 5.2,
                    "bits": {"attn": attn, "mlp": mlp, "embed": 8}},
-        "bytes": {"model": total_bytes - code_bytes, "code": code_bytes, "packed_code": code_bytes // 3,
+        "bytes": {"model": total_bytes - code_bytes, "code": code_bytes, "source": code_bytes,
                   "total": total_bytes},
         "audit": {"positions": 256, "max_abs_sum_err": 1e-7, "mean_sum": 1.0, "target_independent": "yes"},
         "result": {"val_loss": score(bpb)["val_loss"], "val_bpb": bpb, "head": "multi", "ttt": True},

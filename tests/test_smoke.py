@@ -183,7 +183,9 @@ def test_record_folder_from_real_runs(one_rank_run, sample_data, tmp_path):
     sub = json.loads((folder / "submission.json").read_text())
     assert sorted(sub["seeds"]) == [7, 1337]
     assert sub["seed_results"]["1337"]["val_bpb"] == pytest.approx(float(log_value(first.stdout, "legal_ttt_exact", "val_bpb")))
-    assert (folder / "train_gpt.py").read_bytes() == (ROOT / "train_gpt.py").read_bytes()
+    import train_gpt as tg  # the folder ships the packed script, the form the runs' fit counted
+    assert (folder / "train_gpt.py").read_bytes() == tg.pack_source((ROOT / "train_gpt.py").read_bytes())
+    assert sub["bytes_code"] == len(tg.pack_source((ROOT / "train_gpt.py").read_bytes()))
     assert (folder / "train_seed7.log").exists() and "non-record" in (folder / "README.md").read_text().lower()
     with pytest.raises(make_record.RecordError):  # same seed twice is refused
         make_record.make_record([tmp / "logs/r1.txt", tmp / "logs/r1.txt"], name="dup", out_root=tmp_path,
