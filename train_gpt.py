@@ -630,6 +630,8 @@ def rotary_tables(seq_len: int, rope_dims: int, base: float, device) -> tuple[Te
     return freqs.cos()[None, None], freqs.sin()[None, None]
 
 
+# Partial RoPE and value embeddings: openai/parameter-golf PR #315 and #374 (@jfprincz, @unnir), as the accepted
+# records credit them (every "PR #N" in this file is a pull request of openai/parameter-golf).
 def apply_partial_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate the first rope_dims dims of each head; the rest stay position-free (partial RoPE)."""
     r = cos.size(-1) * 2
@@ -654,6 +656,9 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
+    """GQA attention with q/k RMS norm and per-head q gains; with xsa, exclusive self-attention (XSA, PR #265,
+    @unnir): the output's component along the position's own value is removed."""
+
     def __init__(self, dim: int, heads: int, kv_heads: int, rope_dims: int, qk_gain: float, xsa: bool):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim, self.rope_dims, self.xsa = heads, kv_heads, dim // heads, rope_dims, xsa
@@ -685,6 +690,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """LeakyReLU(0.5)^2 (PR #493, @parinzee; some records credit PR #549)."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc, self.proj = CastedLinear(dim, hidden), CastedLinear(hidden, dim, zero_init=True)
@@ -748,6 +755,7 @@ class GPT(nn.Module):
         kv_dim = c.num_kv_heads * (c.model_dim // c.num_heads)
         self.tok_emb = nn.Embedding(c.vocab_size, c.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=0.005)
+        # BigramHash and SmearGate: PR #65 (@aquariouserworkman), as the accepted records credit them.
         if c.bigram_vocab_size:  # hashed (previous, current) token pairs: cheap extra input capacity
             self.bigram_emb = nn.Embedding(c.bigram_vocab_size, c.bigram_dim)
             nn.init.zeros_(self.bigram_emb.weight)
@@ -924,7 +932,9 @@ def build_optimizers(model: GPT, a) -> list[torch.optim.Optimizer]:
 
 class WeightAverager:
     """EMA with warm-up (decay_t = min(decay, (1+t)/(10+t)), so short runs are not dominated by the init), and
-    SWA: a uniform average of EMA snapshots taken in the warmdown tail. final() picks SWA, else EMA, else raw."""
+    SWA: a uniform average of EMA snapshots taken in the warmdown tail. final() picks SWA, else EMA, else raw.
+    EMA as credited to PR #65 (@aquariouserworkman); SWA as in the record
+    records/track_10min_16mb/2026-03-20_10L_Int5MLP_MuonWD04_SWA50 of openai/parameter-golf."""
 
     def __init__(self, model: nn.Module, ema_decay: float):
         self.ema_decay, self.steps, self.swa_count = ema_decay, 0, 0
@@ -2375,7 +2385,8 @@ def warm_up_eval(model: GPT, a, rt: Runtime, byte_tables: ByteTables) -> None:
 
 
 def score_first_ttt(ev, a):
-    """ttt(t0, t1) for evaluate(): TTT_EPOCHS on each scored chunk with the run's parameter subset, or None."""
+    """ttt(t0, t1) for evaluate(): TTT_EPOCHS on each scored chunk with the run's parameter subset, or None.
+    Legal score-first TTT: PR #461 (@Christopher-Lee-McClendon); some records credit PR #77 (@samacqua)."""
     if not a.ttt_epochs:
         return None
     params = ttt_parameters(ev.model, a)
