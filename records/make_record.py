@@ -268,11 +268,13 @@ def load_packer(script: Path):
     return module
 
 
-def pack_script(script: Path) -> dict:
-    """The packed form of the script that ran (already checked against the logs' sha256), verified to unpack to it.
+def pack_script(script: Path, logged_sha: str, source_bytes: int | None) -> dict:
+    """The packed form of the script that ran (already checked against the logs' sha256), verified to unpack to its
+    code (train_gpt's packing drops comments and docstrings: runnable_source).
 
     Returns {packed (bytes), already_packed, source_sha256, source_bytes, packed_sha256}. A script that was itself
-    packed when it ran is kept byte for byte.
+    packed when it ran is kept byte for byte; so is a record's own packed script (its header names the source the
+    logs ran), whose readable size comes from the runs' summaries (source_bytes).
     """
     ran = script.read_bytes()
     packer = load_packer(script)
@@ -290,8 +292,10 @@ def pack_script(script: Path) -> dict:
         raise RecordError(f"packing: unpack_source(pack_source(script)) is not the script that ran "
                           f"(sha256:{sha256_bytes(source)[:12]}... instead of sha256:{sha256_bytes(ran)[:12]}...); "
                           "the packing functions of --script are broken")
-    return {"packed": packed, "already_packed": already, "source_sha256": sha256_bytes(source),
-            "source_bytes": len(source), "packed_sha256": sha256_bytes(packed)}
+    own = already and sha256_bytes(ran) != logged_sha
+    size = (source_bytes or len(source)) if own else len(source if already else ran)
+    return {"packed": packed, "already_packed": already and not own, "source_sha256": sha256_bytes(source),
+            "source_bytes": size, "packed_sha256": sha256_bytes(packed)}
 
 
 def apply_packed_sizes(runs: list[Run], packed_bytes: int, warn) -> None:
@@ -737,8 +741,8 @@ def _script_paragraph(runs: list[Run], script_hash: str, packed: dict | None) ->
         return (f"`train_gpt.py` in this folder is the exact script that ran, which was already packed: sha256 "
                 f"`{script_hash}`; "
                 f"the source it carries: sha256 `{packed['source_sha256']}`, {packed['source_bytes']:,} bytes.")
-    return (f"`train_gpt.py` in this folder is the **packed** form of the script that ran (self-extracting; make_record "
-            f"checked that `unpack_source` restores it): sha256 `{packed['packed_sha256']}`, "
+    return (f"`train_gpt.py` in this folder is the **packed** form of the script that ran (self-extracting, comments and "
+            f"docstrings dropped; make_record checked that `unpack_source` gives the script's code): sha256 `{packed['packed_sha256']}`, "
             f"{len(packed['packed']):,} bytes; the source that ran: sha256 `{script_hash}`, {packed['source_bytes']:,} "
             "bytes (the hash in every log's `source` line). The artifact bytes count the packed file.")
 
@@ -844,8 +848,9 @@ def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROO
     check_consistent(runs)
     script_hash = check_script(Path(script), runs)
     if packed is None:
-        packed = b"\ndef pack_source(" in Path(script).read_bytes()
-    pack = pack_script(Path(script)) if packed else None
+        data = Path(script).read_bytes()
+        packed = b"\ndef pack_source(" in data or data.startswith(b"#!/usr/bin/env python3\n# train_gpt.py packed")
+    pack = pack_script(Path(script), script_hash, runs[0].s["bytes"].get("source")) if packed else None
     if pack:
         apply_packed_sizes(runs, len(pack["packed"]), warn)
     else:
