@@ -10,7 +10,7 @@ Evaluate an exported artifact again in a fresh process (its evaluation settings 
 
 Sections in the order a run happens: config -> runtime -> data and byte accounting -> model -> optimizer ->
 n-gram mixer -> training -> quantization and export -> evaluation -> run. Code budget: the packed script a record
-ships (pack_source) stays under 40,000 bytes (a test enforces it)."""
+ships (pack_source) stays under 45,000 bytes (a test enforces it)."""
 
 from __future__ import annotations
 
@@ -121,8 +121,10 @@ KNOBS: list[tuple[str, list[Knob]]] = [
     ("n-gram mixer", [
         Knob("MIXER_HEAD", str, "multi", "learned multi-expert gate, entropy backoff, token tilt, or none",
              choices=("multi", "entropy", "tilt", "none")),
-        Knob("MIXER_LOSS_WEIGHT", float, 0.1, "weight of -log p_mix(target) added to CE", 0, 100),
+        Knob("MIXER_LOSS_WEIGHT", float, 0.0, "weight of the gate's -log p_mix(target) on the training oracle (0: none)", 0, 100),
         Knob("MIXER_NEURAL_FLOOR", float, 0.0, "minimum weight of the neural expert", 0, 1),
+        Knob("MIXER_GATE_PRIOR", float, 2.0, "learned gate's prior: entropy head log weights floored at -this (0: none)", 0, 1000),
+        Knob("MIXER_ONLINE_LR", float, 0.01, "learned gate: Adam LR of its training on each scored chunk (0: off)", 0, 10),
         Knob("NGRAM_MAX_ORDER", int, 7, "experts for orders 2..N", 2, 32),
         Knob("NGRAM_BUCKETS", int, 4194304, "slots per order and table (power of two)", 16, 2**31),
         Knob("NGRAM_MIN_COUNT", int, 2, "an order is valid iff its context count >= this", 1, 10**9),
@@ -283,6 +285,8 @@ def check_knob_relations(a) -> None:
          f"plus NGRAM_ENT_BASE={a.ngram_ent_base} must stay below 1, or the entropy head could zero the network")
     need(a.mixer_head != "tilt" or a.ngram_scoring == "normalized", "MIXER_HEAD",
          "tilt needs NGRAM_SCORING=normalized (its hint is a context's most frequent next token, from exact counts)")
+    need(a.ngram_scoring == "normalized" or a.ngram_max_order <= len(SEED_PRIMES), "NGRAM_MAX_ORDER",
+         f"must be <= {len(SEED_PRIMES)} with NGRAM_SCORING=hashed_target (the seeds' hash has that many multipliers)")
     need(a.ttt_freeze_blocks <= a.num_layers, "TTT_FREEZE_BLOCKS", f"must be <= NUM_LAYERS={a.num_layers}")
     need(a.train_batch_tokens % a.train_seq_len == 0, "TRAIN_BATCH_TOKENS",
          f"must be a multiple of TRAIN_SEQ_LEN={a.train_seq_len}")
@@ -717,9 +721,6 @@ class Block(nn.Module):
         return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
 
 
-GATE_NEURAL_BIAS_INIT = 3.0
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
@@ -771,11 +772,10 @@ class GPT(nn.Module):
                   xsa=i >= c.num_layers - c.xsa_last_n) for i in range(c.num_layers))
         self.num_encoder = c.num_layers // 2  # U-Net: encoder outputs feed the mirrored decoder layers
         self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, c.num_layers - self.num_encoder), c.model_dim))
-        if c.gate_outputs:  # starts trusting the network (weight ~0.8 against 6 orders); training moves it
+        if c.gate_outputs:  # zero: the weights start at the gate's prior (mixture_log_weights)
             self.mixer_gate = nn.Linear(c.model_dim, c.gate_outputs)
             nn.init.zeros_(self.mixer_gate.weight)
-            nn.init.constant_(self.mixer_gate.bias, 0.0)
-            self.mixer_gate.bias.data[0] = GATE_NEURAL_BIAS_INIT
+            nn.init.zeros_(self.mixer_gate.bias)
         cos, sin = rotary_tables(c.max_seq_len, max(c.rope_dims, 2), c.rope_base, "cpu")
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -979,6 +979,7 @@ class WeightAverager:
 # ----------------------------------------------------------------------------------------------------------------
 
 EMPTY_KEY = -1
+GATE_NEURAL_BIAS = 3.0  # the gate without a prior: the network's logit offset (weight ~0.8 against 6 orders)
 
 
 def _u64(x: int) -> int:
@@ -1421,37 +1422,53 @@ class MixerConfig:
     ent_centers: tuple[float, ...]  # one per order, index 0 = order 2
     tilt_beta: float = 1.0
     tilt_confidence: float = 0.5
+    gate_prior: float = 0.0
 
     @classmethod
     def from_args(cls, a) -> "MixerConfig":
         centers = a.ngram_ent_center * (a.ngram_max_order - 1) if len(a.ngram_ent_center) == 1 else a.ngram_ent_center
         return cls(a.mixer_head, a.mixer_neural_floor, a.ngram_ent_base, a.ngram_ent_range, a.ngram_ent_scale,
                    tuple(reversed(centers)),  # NGRAM_ENT_CENTER lists orders high -> low, as the seeds wrote it
-                   a.ngram_tilt_beta, a.ngram_tilt_confidence)
+                   a.ngram_tilt_beta, a.ngram_tilt_confidence, a.mixer_gate_prior)
 
 
-def mixture_log_weights(m: MixerConfig, gate_logits: Tensor | None, valid: Tensor, neural_logp: Tensor | None) -> Tensor:
+def neural_entropy(neural_logp: Tensor) -> Tensor:
+    return -(neural_logp.exp() * neural_logp).sum(-1).detach()
+
+
+def entropy_backoff(m: MixerConfig, valid: Tensor, entropy: Tensor) -> Tensor:
+    """The entropy head's log weights: backoff to the highest valid order, trusted more when the network is unsure."""
+    n_orders, n = valid.shape
+    log_w = torch.full((1 + n_orders, n), -math.inf, device=valid.device)
+    top = torch.where(valid.any(0), n_orders - 1 - valid.flip(0).int().argmax(0), -1)
+    center = torch.tensor(m.ent_centers, device=valid.device)[top.clamp_min(0)]
+    alpha = m.ent_base + m.ent_range * torch.sigmoid(m.ent_scale * (entropy - center))
+    log_w[0] = torch.where(top >= 0, torch.log1p(-alpha), 0.0)
+    rows = torch.nonzero(top >= 0).squeeze(1)
+    log_w[1 + top[rows], rows] = alpha[rows].log()
+    return log_w
+
+
+def mixture_log_weights(m: MixerConfig, gate_logits: Tensor | None, valid: Tensor, entropy: Tensor | None) -> Tensor:
     """log weights [1 + n_orders, n] of (neural, order 2, ..., order N). They read the gate's hidden state, the
     neural distribution and which orders are valid (a context property), never the target: so they sum to 1
     over experts for any target, and the mixture is a distribution whenever each expert is."""
     n_orders, n = valid.shape
     log_w = torch.full((1 + n_orders, n), -math.inf, device=valid.device)
     if m.head == "multi":  # learned gate, softmax over the neural expert and the valid orders
-        masked = gate_logits.float().T.masked_fill(torch.cat([valid.new_zeros(1, n), ~valid]), -math.inf)
+        logits = gate_logits.float().T  # + the prior: an untrained gate starts from the entropy head's weights
+        if m.gate_prior:  # (floored, so the gate can move weight to the orders below the backoff's choice too)
+            logits = logits + entropy_backoff(m, valid, entropy).clamp_min(-m.gate_prior)
+        else:  # the seeds' gate: trusts the network until trained
+            logits = torch.cat([logits[:1] + GATE_NEURAL_BIAS, logits[1:]])
+        masked = logits.masked_fill(torch.cat([valid.new_zeros(1, n), ~valid]), -math.inf)
         log_w = torch.log_softmax(masked, dim=0)
         if m.neural_floor:  # w = floor * [1, 0, ...] + (1 - floor) * softmax, built without in-place writes
-            log_w = log_w + math.log1p(-m.neural_floor)
+            log_w = log_w + (math.log1p(-m.neural_floor) if m.neural_floor < 1 else -math.inf)
             floor = torch.logaddexp(log_w[:1], torch.full_like(log_w[:1], math.log(m.neural_floor)))
             log_w = torch.cat([floor, log_w[1:]])
-    elif m.head == "entropy":  # backoff to the highest valid order; trust it more when the network is unsure
-        top = torch.where(valid.any(0), n_orders - 1 - valid.flip(0).int().argmax(0), -1)
-        entropy = -(neural_logp.exp() * neural_logp).sum(-1).detach()
-        center = torch.tensor(m.ent_centers, device=valid.device)[top.clamp_min(0)]
-        alpha = m.ent_base + m.ent_range * torch.sigmoid(m.ent_scale * (entropy - center))
-        alpha = torch.where(top >= 0, alpha, 0.0)
-        log_w[0] = torch.log1p(-alpha)
-        rows = torch.nonzero(top >= 0).squeeze(1)
-        log_w[1 + top[rows], rows] = alpha[rows].log()
+    elif m.head == "entropy":
+        log_w = entropy_backoff(m, valid, entropy)
     else:
         log_w[0] = 0.0
     return log_w
@@ -1466,10 +1483,13 @@ def target_keys(cache: NgramCache, tokens: Tensor, idx: Tensor, targets: Tensor)
     return cache.keys_from(back, targets)
 
 
-def mixed_nll(m: MixerConfig, logits: Tensor, gate_logits: Tensor | None, cache: NgramCache | None,
-              tokens: Tensor, idx: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-position -log p_mix(target) and the log weights used. logits [n, V] and gate_logits [n, k] belong to
-    positions idx of the token stream; the n-gram experts read only the cache and tokens before idx."""
+def mixed_nll(m: MixerConfig, logits: Tensor, gate_h: Tensor | None, cache: NgramCache | None,
+              tokens: Tensor, idx: Tensor, targets: Tensor, gate: nn.Module | None = None,
+              keep: list | None = None) -> tuple[Tensor, Tensor]:
+    """Per-position -log p_mix(target) and the log weights used. logits [n, V] and gate_h [n, D] (the multi head's
+    hidden states, read by gate) belong to positions idx of the token stream; the n-gram experts read only the
+    cache and tokens before idx. keep (a list): gets (gate input, p, valid, log p_neural(target), entropy) of the
+    multi head's rows with a valid order, what the gate's online training on this chunk needs once it is scored."""
     neural_logp = torch.log_softmax(logits.float(), dim=-1)
     logp_target = neural_logp.gather(1, targets[:, None]).squeeze(1)
     if cache is None or m.head == "none":
@@ -1481,7 +1501,12 @@ def mixed_nll(m: MixerConfig, logits: Tensor, gate_logits: Tensor | None, cache:
         # the "weights" the audit compares across targets: the hint and the normalizer
         return log_z - logp_target - beta * (targets == hint), torch.stack([hint.float(), log_z])
     p, valid = cache.expert_probs(target_keys(cache, tokens, idx, targets))
-    log_w = mixture_log_weights(m, gate_logits, valid, neural_logp)
+    entropy = neural_entropy(neural_logp)
+    x = gate_h.float() if m.head == "multi" else None
+    log_w = mixture_log_weights(m, None if x is None else gate(x), valid, entropy)
+    if keep is not None and x is not None:  # rows without a valid order give the gate no gradient
+        rows = valid.any(0)
+        keep.append((x[rows], p[:, rows], valid[:, rows], logp_target[rows], entropy[rows]))
     return -mixture_log_prob(log_w, logp_target, p), log_w
 
 
@@ -1501,8 +1526,7 @@ def training_loss(model: nn.Module, x: Tensor, y: Tensor, oracle: NgramCache | N
     p = valid = None
     if oracle is not None:
         with torch.no_grad():
-            p, valid = oracle.expert_probs(oracle.keys(x, y), counted)
-            p, valid = p.reshape(len(oracle.orders), -1), valid.reshape(len(oracle.orders), -1)
+            p, valid = (t.reshape(len(oracle.orders), -1) for t in oracle.expert_probs(oracle.keys(x, y), counted))
     return (head or loss_head)(model, model.hidden(x), y, p, valid, m, a.mixer_loss_weight, a.complement_alpha,
                                a.complement_threshold)
 
@@ -1511,7 +1535,8 @@ def loss_head(model: nn.Module, h: Tensor, y: Tensor, p: Tensor | None, valid: T
               mix_weight: float, complement_alpha: float, complement_threshold: float) -> Tensor:
     """Everything after the body, from the final hidden state h [B, T, D]: logits, softcap, cross-entropy, the
     complementary weights and the gate's mixture loss. One function so that torch.compile fuses it."""
-    nll = F.cross_entropy(model.logits(h).reshape(-1, model.c.vocab_size), y.reshape(-1), reduction="none")
+    logits = model.logits(h).reshape(-1, model.c.vocab_size)
+    nll = F.cross_entropy(logits, y.reshape(-1), reduction="none")
     if p is None:
         return nll.mean()
     weight = torch.ones_like(nll)
@@ -1520,7 +1545,8 @@ def loss_head(model: nn.Module, h: Tensor, y: Tensor, p: Tensor | None, valid: T
         weight = (1 - complement_alpha * ramp).clamp_min(0.05)
     loss = (weight * nll).mean()
     if m.head == "multi" and mix_weight:
-        log_w = mixture_log_weights(m, model.mixer_gate(h).reshape(nll.numel(), -1), valid, None)
+        entropy = neural_entropy(torch.log_softmax(logits.float(), -1)) if m.gate_prior else None
+        log_w = mixture_log_weights(m, model.mixer_gate(h.reshape(nll.numel(), -1)), valid, entropy)
         loss = loss - mix_weight * mixture_log_prob(log_w, -nll, p).mean()
     return loss
 
@@ -2071,6 +2097,7 @@ class Evaluator:
     world: int
     log: object
     record: list | None = None  # when a list, score_chunk appends (target positions, nll) for tests to inspect
+    gate_rows: list | None = None  # when a list, score_chunk keeps what the gate's online training needs (mixed_nll)
 
     def autocast(self):
         return torch.autocast("cuda", torch.bfloat16) if self.tokens.is_cuda else torch.autocast("cpu", enabled=False)
@@ -2101,12 +2128,6 @@ def batched_positions(ev: Evaluator, windows: list[tuple[int, int, int]]):
         i = j
 
 
-def logits_and_gate(ev: Evaluator, h: Tensor) -> tuple[Tensor, Tensor | None]:
-    """The network's logits and, for the multi head, the gate's logits from hidden states h [n, D]."""
-    with ev.autocast():
-        return ev.model.logits(h), ev.model.mixer_gate(h) if ev.mixer.head == "multi" else None
-
-
 def score_chunk(ev: Evaluator, cache: NgramCache | None, t0: int, t1: int, stride: int) -> Tensor:
     """Score targets [t0, t1) on this rank's share of the windows; returns float64 [nll sum, bytes, count] summed
     over ranks. Reads the cache, never writes it."""
@@ -2115,8 +2136,10 @@ def score_chunk(ev: Evaluator, cache: NgramCache | None, t0: int, t1: int, strid
     sums = torch.zeros(3, dtype=torch.float64, device=ev.tokens.device)
     with torch.no_grad():
         for idx, h in batched_positions(ev, windows[lo:hi]):
-            logits, gate = logits_and_gate(ev, h)
-            nll, _ = mixed_nll(ev.mixer, logits, gate, cache, ev.tokens, idx, ev.tokens[idx])
+            with ev.autocast():
+                logits = ev.model.logits(h)
+            nll, _ = mixed_nll(ev.mixer, logits, h, cache, ev.tokens, idx, ev.tokens[idx],
+                               getattr(ev.model, "mixer_gate", None), ev.gate_rows)
             if ev.record is not None:
                 ev.record.append((idx.cpu(), nll.cpu()))
             sums += torch.stack([nll.double().sum(), ev.byte_tables.target_bytes(ev.tokens[idx - 1], ev.tokens[idx])
@@ -2166,6 +2189,25 @@ def ttt_on_chunk(ev: Evaluator, opt: torch.optim.Optimizer, params: list[Tensor]
             opt.step()
 
 
+def gate_on_chunk(ev: Evaluator, opt: torch.optim.Optimizer, steps: int = 10) -> None:  # 10 steps at LR 0.01: README
+    """Train the learned gate on the chunk just scored (C3): its mixture NLL over the rows score_chunk kept, i.e.
+    the gate inputs and expert probabilities those positions were scored with (the cache before the chunk was
+    counted, so no position sees its own count). Loss normalized by the global row count, gradients summed over
+    ranks, so W ranks take the one-rank step (a rank without rows still joins the all-reduces)."""
+    rows, gate = ev.gate_rows, ev.model.mixer_gate
+    n = torch.tensor([float(sum(r[3].numel() for r in rows))], device=ev.tokens.device)
+    if ev.world > 1:
+        dist.all_reduce(n)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=False)
+        loss = sum((-mixture_log_prob(mixture_log_weights(ev.mixer, gate(x), valid, e), lp, p).sum()
+                    for x, p, valid, lp, e in rows), 0 * gate.bias.sum())
+        (loss / n.clamp_min(1)).backward()
+        sync_gradients(list(gate.parameters()), ev.world, average=False)
+        opt.step()
+    rows.clear()
+
+
 def sync_gradients(params: list[Tensor], world: int, average: bool = True) -> None:
     """All-reduce gradients in one flat buffer (sum, or mean with average=True); missing grads count as zero."""
     for p in params:
@@ -2198,15 +2240,17 @@ class EvalResult:
 
 
 def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: NgramCache | None = None,
-             ttt=None, max_seconds: float = 0.0, audit: list[int] = ()) -> EvalResult:
+             ttt=None, max_seconds: float = 0.0, audit: list[int] = (), gate_step=None) -> EvalResult:
     """Score every validation target once, chunk by chunk: score, then count the chunk into the cache, then TTT
-    (ttt(t0, t1) trains on the chunk just scored). Targets in audit are also audited (audit_windows) in between
-    scoring and counting, so the audit sees the very cache and weights that scored them."""
+    (ttt(t0, t1) trains on the chunk just scored; gate_step() trains the gate on it). Targets in audit are also
+    audited (audit_windows) in between scoring and counting, so the audit sees the very cache and weights that
+    scored them."""
     t_start, n_targets = time.perf_counter(), ev.tokens.numel() - 1
     bounds = list(range(1, n_targets + 1, chunk_tokens))
     totals, chunks, warned, last_log, serial_s, audit_s = torch.zeros(3, dtype=torch.float64), [], False, t_start, 0.0, 0.0
     audit_sums, independent = [], True
     ev.model.eval()
+    ev.gate_rows = [] if gate_step is not None and cache is not None else None
     for i, t0 in enumerate(bounds):
         t1 = min(t0 + chunk_tokens, n_targets + 1)
         sums = score_chunk(ev, cache, t0, t1, stride).cpu()
@@ -2221,6 +2265,8 @@ def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: N
             t_add = time.perf_counter()  # every rank counts every chunk: that time does not shrink with ranks
             add_chunk_to_cache(cache, ev.tokens, t0, t1)
             serial_s += time.perf_counter() - t_add
+        if ev.gate_rows is not None and t1 <= n_targets:
+            gate_step()
         if ttt is not None and t1 <= n_targets:  # nothing left to adapt for after the last chunk
             ev.model.train()
             ttt(t0, t1)
@@ -2265,6 +2311,13 @@ def bits_per_byte(sums: Tensor) -> float:
     return sums[0].item() / math.log(2) / max(sums[1].item(), 1.0)
 
 
+def target_independent(log_w: Tensor) -> bool:
+    """Whether the weights [k, V] the audit got for each of V targets are one column repeated, up to float32
+    rounding: at vocabulary sizes that are not a multiple of the SIMD width, the last columns take a scalar exp
+    and differ by a few ulp. A weight that read the target (a mask or backoff choice) differs by far more."""
+    return bool(torch.isclose(log_w, log_w[:, :1], rtol=1e-5, atol=1e-6).all())
+
+
 def audit_windows(ev: Evaluator, cache: NgramCache, windows: list[tuple[int, int, int]]) -> tuple[list[float], bool]:
     """Enumerate every vocabulary token as the target of each one-target window, through the scoring code itself
     (one mixed_nll call per position, all tokens at once): (sum over the vocabulary of p_mix per position, whether
@@ -2273,13 +2326,14 @@ def audit_windows(ev: Evaluator, cache: NgramCache, windows: list[tuple[int, int
     sums, independent = [], True
     with torch.no_grad():
         for pos, h in batched_positions(ev, windows):
-            logits, gate = logits_and_gate(ev, h)
+            with ev.autocast():
+                logits = ev.model.logits(h)
             for j in range(pos.numel()):
                 rows = lambda t: t[j:j + 1].expand(every.numel(), *t.shape[1:])
-                nll, log_w = mixed_nll(ev.mixer, rows(logits), None if gate is None else rows(gate), cache,
-                                       ev.tokens, rows(pos), every)
+                nll, log_w = mixed_nll(ev.mixer, rows(logits), rows(h), cache, ev.tokens, rows(pos), every,
+                                       getattr(ev.model, "mixer_gate", None))
                 sums.append((-nll.double()).exp().sum().item())
-                independent = independent and bool((log_w == log_w[:, :1]).all())
+                independent = independent and target_independent(log_w)
     return sums, independent
 
 
@@ -2380,8 +2434,8 @@ def warm_up_eval(model: GPT, a, rt: Runtime, byte_tables: ByteTables) -> None:
     cache = new_cache(a, rt.device) if ev.mixer.head != "none" else None
     evaluate(ev, "warmup", ev.seq_len, a.eval_chunk_tokens)  # the round-trip pass's shapes
     audit = list(range(1, tokens.numel() - 1, max(1, tokens.numel() // max(a.ngram_audit_positions, 1))))
-    evaluate(ev, "warmup", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a),
-             audit=audit[:a.ngram_audit_positions] if cache is not None else [])
+    evaluate(ev, "warmup", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a),  # then the gate's:
+             audit=audit[:a.ngram_audit_positions] if cache is not None else [], gate_step=score_first_gate(ev, a))
 
 
 def score_first_ttt(ev, a):
@@ -2395,6 +2449,14 @@ def score_first_ttt(ev, a):
         p.requires_grad_(id(p) in keep)
     opt = build_ttt_optimizer(params, a)
     return lambda t0, t1: ttt_on_chunk(ev, opt, params, t0, t1, a)
+
+
+def score_first_gate(ev, a):
+    """gate_step() for evaluate(): the learned gate's online training (MIXER_ONLINE_LR), or None."""
+    if ev.mixer.head != "multi" or not a.mixer_online_lr:
+        return None
+    opt = torch.optim.Adam(ev.model.mixer_gate.requires_grad_(True).parameters(), lr=a.mixer_online_lr)
+    return lambda: gate_on_chunk(ev, opt)
 
 
 def evaluate_artifact(path: Path, artifact: tuple, a, rt: Runtime, byte_tables: ByteTables, val: Tensor,
@@ -2429,7 +2491,7 @@ def evaluate_artifact(path: Path, artifact: tuple, a, rt: Runtime, byte_tables: 
     audit = (torch.randperm(n_targets, generator=torch.Generator().manual_seed(a.seed))[:a.ngram_audit_positions]
              + 1).sort().values.tolist() if cache is not None else []
     res = evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a),
-                   a.eval_max_seconds, audit)
+                   a.eval_max_seconds, audit, score_first_gate(ev, a))  # in this order: the gate's re-enables its grads
     eval_s = time.perf_counter() - t_start
     log_metric(rt, "legal_ttt", res)
     if rt.rank == 0:
@@ -2444,7 +2506,7 @@ def evaluate_artifact(path: Path, artifact: tuple, a, rt: Runtime, byte_tables: 
 
 def build_eval_cache(a, rt: Runtime, oracle: NgramCache | None) -> NgramCache:
     """Empty (validation history only) or, with NGRAM_EVAL_PREFILL=train, counted from training data."""
-    if a.ngram_eval_prefill == "train" and oracle is not None:
+    if a.ngram_eval_prefill == "train" and oracle is not None and a.mixer_head != "tilt":  # frozen: has no hints
         cache = oracle.clone()
     else:
         cache = new_cache(a, rt.device)

@@ -8,8 +8,10 @@ BENCH_ROWS):
     entropy7    entropy-gated backoff, orders 2..7, NGRAM_ENT_CENTER at its default
     entropy16   the same, orders 2..16
     entropy9    entropy-gated backoff, orders 2..9, per-order centers 2.6,2.8,3.0,3.2,3.5,3.8,4.2,4.5 (the seed's)
-    multi       the learned gate at the trained NGRAM_MAX_ORDER (the gate has one output per trained order): the
+    multi       the learned gate at the trained NGRAM_MAX_ORDER (the gate has one output per trained order), as it
+                runs by default: the entropy head's weights as its prior, trained online on each scored chunk; the
                 training run's own score-first evaluation, so it costs no extra pass
+    multi_static  the same gate without its online training (MIXER_ONLINE_LR=0): the prior plus what training taught it
     tilt7       token tilt, orders 2..7
     tilt16      token tilt, orders 2..16
 Columns: score-first val_bpb (legal_ttt_exact), its gain over the none row (over the artifact's sliding-window
@@ -59,21 +61,24 @@ HEAD_ROWS = {  # name: (description, variables of the LOAD_ARTIFACT run); multi 
     "entropy9": ("entropy backoff 2..9, per-order centers",
                  f"MIXER_HEAD=entropy NGRAM_MAX_ORDER=9 NGRAM_ENT_CENTER={SEED_CENTERS}"),
     "multi": ("learned gate, orders as trained", None),
+    "multi_static": ("learned gate without online training", "MIXER_HEAD=multi MIXER_ONLINE_LR=0"),
     "tilt7": ("token tilt 2..7", "MIXER_HEAD=tilt NGRAM_MAX_ORDER=7"),
     "tilt16": ("token tilt 2..16", "MIXER_HEAD=tilt NGRAM_MAX_ORDER=16"),
 }
+# the seeds' gate: trained against the frozen oracle, no prior, no online training (our default learns online)
+SEED_GATE = "MIXER_HEAD=multi MIXER_LOSS_WEIGHT=0.1 MIXER_GATE_PRIOR=0 MIXER_ONLINE_LR=0"
 SYSTEMS = {  # name: (description, variables of the training run)
     "neural": ("neural only (ablation)", "MIXER_HEAD=none"),
     "entropy_q_ttt": ("entropy-gated backoff 2-7 + drift-free Q-only TTT",
                       "MIXER_HEAD=entropy MIXER_LOSS_WEIGHT=0 NGRAM_MAX_ORDER=7 TTT_PARAMS=q TTT_LR=3e-5 TTT_EPOCHS=1 "
                       "EVAL_CHUNK_TOKENS=1048576"),
-    "gate7": ("learned 7-expert gate, frozen oracle, backoff TTT", "MIXER_HEAD=multi NGRAM_MAX_ORDER=7 TTT_EPOCHS=1"),
-    "gate7_lr": ("the same, MATRIX_LR=0.03 TTT_EPOCHS=0", "MIXER_HEAD=multi NGRAM_MAX_ORDER=7 MATRIX_LR=0.03 TTT_EPOCHS=0"),
+    "gate7": ("learned 7-expert gate, frozen oracle, backoff TTT", f"{SEED_GATE} NGRAM_MAX_ORDER=7 TTT_EPOCHS=1"),
+    "gate7_lr": ("the same, MATRIX_LR=0.03 TTT_EPOCHS=0", f"{SEED_GATE} NGRAM_MAX_ORDER=7 MATRIX_LR=0.03 TTT_EPOCHS=0"),
     "gate7_noloo": ("learned 7-expert gate without leave-one-out (ablation)",
-                    "MIXER_HEAD=multi NGRAM_MAX_ORDER=7 TTT_EPOCHS=1 NGRAM_ORACLE_LOO=0"),
+                    f"{SEED_GATE} NGRAM_MAX_ORDER=7 TTT_EPOCHS=1 NGRAM_ORACLE_LOO=0"),
     "order16": ("order-16 oracle, 16 experts, complementary, eval prefill",
-                "NGRAM_MAX_ORDER=16 COMPLEMENT_ALPHA=0.5 COMPLEMENT_THRESHOLD=0.3 MIXER_LOSS_WEIGHT=0.15 TTT_EPOCHS=1 "
-                "NGRAM_EVAL_PREFILL=train"),
+                f"{SEED_GATE} NGRAM_MAX_ORDER=16 COMPLEMENT_ALPHA=0.5 COMPLEMENT_THRESHOLD=0.3 MIXER_LOSS_WEIGHT=0.15 "
+                "TTT_EPOCHS=1 NGRAM_EVAL_PREFILL=train"),
     "entropy9_s32": ("order-adaptive 9-gram entropy backoff, stride 32",
                      f"MIXER_HEAD=entropy MIXER_LOSS_WEIGHT=0 NGRAM_MAX_ORDER=9 NGRAM_ENT_CENTER={SEED_CENTERS} "
                      "EVAL_STRIDE=32"),

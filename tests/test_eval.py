@@ -33,7 +33,8 @@ def run_score_first(ev, a, record=True):
         opt = tg.build_ttt_optimizer(params, a)
         ttt = lambda t0, t1: tg.ttt_on_chunk(ev, opt, params, t0, t1, a)
     ev.record = [] if record else None
-    res = tg.evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, ttt)
+    res = tg.evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, ttt,
+                      gate_step=tg.score_first_gate(ev, a))
     per_pos = torch.full((ev.tokens.numel(),), float("nan"), dtype=torch.float64)
     for idx, nll in ev.record or []:
         per_pos[idx] = nll.double()
@@ -58,12 +59,12 @@ def test_every_target_is_scored_exactly_once_and_counted():
     assert res.val_loss == pytest.approx(per_pos[1:].mean().item(), rel=1e-9)
 
 
-@pytest.mark.parametrize("head", ["multi", "entropy", "tilt"])
-def test_score_first_perturbing_the_future_changes_no_earlier_loss(head):
+@pytest.mark.parametrize("head, online", [("multi", "0"), ("multi", "0.1"), ("entropy", "0"), ("tilt", "0")])
+def test_score_first_perturbing_the_future_changes_no_earlier_loss(head, online):
     """C1/C3: losses at or before p must not depend on tokens after p, across chunk boundaries, with the n-gram
-    cache and TTT on (TTT with a large LR so that any leak would show)."""
+    cache, TTT and the gate's online training on (large LRs so that any leak would show)."""
     env = {"MIXER_HEAD": head, "EVAL_STRIDE": "16", "EVAL_CHUNK_TOKENS": "400", "TTT_EPOCHS": "2", "TTT_LR": "0.05",
-           "NGRAM_MIN_COUNT": "1"}
+           "NGRAM_MIN_COUNT": "1", "MIXER_ONLINE_LR": online}
     ev, a = make_evaluator(env)
     _, base = run_score_first(ev, a)
     for p in (399, 400, 401, 650, 1200):  # chunk boundaries are at targets 401, 801, ...
@@ -98,6 +99,37 @@ def test_ttt_trains_only_on_scored_chunks_in_order(monkeypatch):
     bounds = [(t, min(t + 700, n + 1)) for t in range(1, n + 1, 700)]
     expected = [e for t0, t1 in bounds for e in [("score", t0, t1), ("ttt", t0, t1)]][:-1]  # no TTT after the last
     assert events == expected
+
+
+def test_gate_learns_from_each_scored_chunk_in_order(monkeypatch):
+    """The online step follows each chunk's scoring (none after the last), trains on that chunk's kept rows only
+    (positions with a valid order, at most the chunk's targets) and lowers their mixture loss."""
+    ev, a = make_evaluator({"EVAL_CHUNK_TOKENS": "700", "TTT_EPOCHS": "0", "MIXER_ONLINE_LR": "0.05",
+                            "NGRAM_MIN_COUNT": "1"})
+    events, real_score, real_gate = [], tg.score_chunk, tg.gate_on_chunk
+
+    def chunk_loss(rows):
+        with torch.no_grad():
+            x, p, valid, lp, entropy = (torch.cat([r[i] for r in rows], dim=1 if i in (1, 2) else 0) for i in range(5))
+            return -tg.mixture_log_prob(tg.mixture_log_weights(ev.mixer, ev.model.mixer_gate(x), valid, entropy),
+                                        lp, p).mean().item()
+
+    def gate_spy(ev, opt):
+        rows = list(ev.gate_rows)
+        before = chunk_loss(rows)
+        real_gate(ev, opt)
+        events.append(("gate", sum(r[3].numel() for r in rows), before, chunk_loss(rows)))
+    monkeypatch.setattr(tg, "score_chunk", lambda ev, cache, t0, t1, stride: events.append(("score", t0, t1))
+                        or real_score(ev, cache, t0, t1, stride))
+    monkeypatch.setattr(tg, "gate_on_chunk", gate_spy)
+    tg.evaluate(ev, "x", 16, 700, tg.new_cache(a, "cpu"), gate_step=tg.score_first_gate(ev, a))
+    n = ev.tokens.numel() - 1
+    bounds = [(t, min(t + 700, n + 1)) for t in range(1, n + 1, 700)]
+    assert [e[0] for e in events] == ["score", "gate"] * (len(bounds) - 1) + ["score"]
+    for (_, t0, t1), (_, rows, before, after) in zip(events[::2], events[1::2]):
+        assert rows <= t1 - t0
+        assert (rows == 0) == (t0 == 1), "the first chunk meets an empty cache: no valid order, nothing to learn"
+        assert rows == 0 or after < before
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
@@ -205,8 +237,8 @@ def test_audit_enumerates_the_distribution_that_scored_each_target(monkeypatch):
     ev, a = make_evaluator({"TTT_EPOCHS": "1", "TTT_LR": "0.01", "EVAL_CHUNK_TOKENS": "400", "EVAL_STRIDE": "24"})
     audited, real = {}, tg.mixed_nll
 
-    def spy(m, logits, gate, cache, tokens, idx, targets):
-        nll, log_w = real(m, logits, gate, cache, tokens, idx, targets)
+    def spy(m, logits, gate_h, cache, tokens, idx, targets, *rest):
+        nll, log_w = real(m, logits, gate_h, cache, tokens, idx, targets, *rest)
         if targets.numel() == a.vocab_size and torch.equal(targets, torch.arange(a.vocab_size)):
             j = int(idx[0])
             audited[j] = nll[tokens[j]].item()

@@ -104,8 +104,15 @@ def enumerate_vocab(cache, stream: torch.Tensor, positions: torch.Tensor, vocab:
     """expert_probs for every vocabulary token at each position: p, valid [n_orders, P, vocab]."""
     idx = positions.repeat_interleave(vocab)
     targets = torch.arange(vocab).repeat(positions.numel())
-    p, valid = cache.expert_probs(tg.target_keys(cache, stream, idx, targets))
-    return p.view(-1, positions.numel(), vocab), valid.view(-1, positions.numel(), vocab)
+    return (t.view(-1, positions.numel(), vocab) for t in cache.expert_probs(tg.target_keys(cache, stream, idx, targets)))
+
+
+def random_gate(n_orders: int, dim: int, g: torch.Generator) -> torch.nn.Linear:
+    """A learned gate with random weights, as training would leave it."""
+    gate = torch.nn.Linear(dim, 1 + n_orders)
+    with torch.no_grad():
+        gate.weight.copy_(torch.randn(gate.weight.shape, generator=g) * 0.5)
+    return gate
 
 
 # ---- 1. counts against the dict reference --------------------------------------------------------------------------
@@ -180,6 +187,8 @@ def test_prefill_equals_per_shard_reference(tmp_path, sizes, max_tokens, frozen)
 def heads(n_orders: int) -> list[tg.MixerConfig]:
     return [tg.MixerConfig("multi", 0.0, 0.05, 0.55, 2.0, (4.0,) * n_orders),
             tg.MixerConfig("multi", 0.3, 0.05, 0.55, 2.0, (4.0,) * n_orders),
+            tg.MixerConfig("multi", 0.0, 0.05, 0.55, 2.0, (1.0,) * n_orders, gate_prior=2.0),
+            tg.MixerConfig("multi", 0.0, 0.1, 0.8, 3.0, tuple(np.linspace(1.0, 3.5, n_orders).tolist()), gate_prior=99.0),
             tg.MixerConfig("entropy", 0.0, 0.05, 0.55, 2.0, (1.0,) * n_orders),
             tg.MixerConfig("entropy", 0.0, 0.1, 0.8, 3.0, tuple(np.linspace(1.0, 3.5, n_orders).tolist())),
             tg.MixerConfig("none", 0.0, 0.05, 0.55, 2.0, (4.0,) * n_orders),
@@ -210,23 +219,24 @@ def test_experts_and_mixture_sum_to_one_over_vocabulary(buckets, fp_mask):
     n_orders, P = len(cache.orders), positions.numel()
     temps = torch.linspace(0.1, 4.0, P)[:, None]
     logits = torch.randn(P, V, generator=g) * temps
-    gate = torch.randn(P, 1 + n_orders, generator=g) * 2
+    hidden = torch.randn(P, 16, generator=g)
     idx, targets = positions.repeat_interleave(V), torch.arange(V).repeat(P)
     for m in heads(n_orders):
-        nll, log_w = tg.mixed_nll(m, logits.repeat_interleave(V, 0), gate.repeat_interleave(V, 0), cache, stream,
-                                  idx, targets)
+        gate = random_gate(n_orders, 16, g)
+        nll, log_w = tg.mixed_nll(m, logits.repeat_interleave(V, 0), hidden.repeat_interleave(V, 0), cache, stream,
+                                  idx, targets, gate)
         mix_sum = torch.exp(-nll.double()).view(P, V).sum(-1)
         assert torch.allclose(mix_sum, torch.ones(P, dtype=torch.float64), atol=1e-5, rtol=0), m
         lw = log_w.view(log_w.size(0), P, V)
         first = lw[..., :1].expand_as(lw)  # same -inf pattern; finite values equal up to SIMD-tail rounding
         assert torch.equal(torch.isinf(lw), torch.isinf(first)), f"{m.head}: which experts count depends on the target"
         finite = torch.isfinite(first)
-        assert torch.allclose(lw[finite], first[finite], atol=1e-6, rtol=0), f"{m.head}: a weight depends on the target"
+        assert torch.allclose(lw[finite], first[finite], atol=1e-6, rtol=1e-5), (m.head, (lw - first)[finite].abs().max())
         # C1: tokens at or after the scored position do not matter
         changed = stream.clone()
         changed[positions.max():] = (changed[positions.max():] + 1) % V
-        nll2, _ = tg.mixed_nll(m, logits.repeat_interleave(V, 0), gate.repeat_interleave(V, 0), cache, changed,
-                               idx, targets)
+        nll2, _ = tg.mixed_nll(m, logits.repeat_interleave(V, 0), hidden.repeat_interleave(V, 0), cache, changed,
+                               idx, targets, gate)
         sel = (idx < positions.max())
         assert torch.equal(nll[sel], nll2[sel])
 
@@ -268,7 +278,7 @@ def test_hashed_target_is_not_normalized():
     p, valid = enumerate_vocab(cache, stream, positions)
     sums = p.double().sum(-1)[valid[..., 0]]
     assert sums.numel() > 0 and sums.max() > 2.0, f"max implied sum {sums.max():.3f}"
-    m = heads(len(cache.orders))[2]  # entropy backoff on top of it: the mixture is not a distribution either
+    m = next(m for m in heads(len(cache.orders)) if m.head == "entropy")  # entropy backoff on top of it: the mixture is not a distribution either
     P = positions.numel()
     nll, _ = tg.mixed_nll(m, torch.zeros(P * V, V), None, cache, stream, positions.repeat_interleave(V),
                           torch.arange(V).repeat(P))
@@ -285,15 +295,30 @@ def random_validity(n_orders: int, n: int, seed: int) -> torch.Tensor:
     return valid
 
 
+def prior_reference(valid: torch.Tensor, entropy: torch.Tensor, m) -> torch.Tensor:
+    """float64 entropy-head log weights (backoff to the highest valid order), floored at -m.gate_prior."""
+    out = torch.full((1 + valid.size(0), valid.size(1)), -m.gate_prior, dtype=torch.float64)
+    out[0] = 0.0
+    for j in range(valid.size(1)):
+        orders = [o for o in range(valid.size(0)) if valid[o, j]]
+        if orders:
+            alpha = m.ent_base + m.ent_range / (1 + math.exp(-m.ent_scale * (entropy[j].item() - m.ent_centers[orders[-1]])))
+            out[0, j], out[1 + orders[-1], j] = math.log1p(-alpha), max(math.log(alpha), -m.gate_prior)
+    return out
+
+
 def test_multi_head_weights_match_float64_softmax():
     n_orders, n = 4, 200
     valid = random_validity(n_orders, n, 0)
     gate = torch.randn(n, 1 + n_orders, generator=torch.Generator().manual_seed(1)) * 3
-    for floor in (0.0, 0.3):
-        m = tg.MixerConfig("multi", floor, 0.05, 0.55, 2.0, (4.0,) * n_orders)
-        log_w = tg.mixture_log_weights(m, gate, valid, None)
+    entropy = torch.rand(n, generator=torch.Generator().manual_seed(2)) * 6
+    for floor, prior in ((0.0, 0.0), (0.3, 0.0), (0.0, 2.0), (0.2, 1.0)):
+        m = tg.MixerConfig("multi", floor, 0.05, 0.55, 2.0, (2.0, 3.0, 4.0, 5.0), gate_prior=prior)
+        log_w = tg.mixture_log_weights(m, gate, valid, entropy)
         allowed = torch.cat([torch.ones(1, n, dtype=torch.bool), valid])
-        ref = torch.softmax(gate.double().T.masked_fill(~allowed, -math.inf), dim=0) * (1 - floor)
+        logits = gate.double().T + (prior_reference(valid, entropy, m) if prior else
+                                    torch.tensor([[tg.GATE_NEURAL_BIAS]] + [[0.0]] * n_orders))
+        ref = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=0) * (1 - floor)
         ref[0] += floor
         assert torch.allclose(log_w.exp().double(), ref, atol=1e-6, rtol=0)
         assert torch.isneginf(log_w[1:][~valid]).all(), "an invalid order has nonzero weight"
@@ -312,7 +337,7 @@ def test_entropy_head_backs_off_to_highest_valid_order():
                                  "MIXER_HEAD": "entropy"})
     m = tg.MixerConfig.from_args(a)
     centers = {2: 1.0, 3: 1.5, 4: 2.5, 5: 3.5}
-    log_w = tg.mixture_log_weights(m, None, valid, torch.log_softmax(logits, -1))
+    log_w = tg.mixture_log_weights(m, None, valid, tg.neural_entropy(torch.log_softmax(logits, -1)))
     w = log_w.double().exp()
     lp = torch.log_softmax(logits.double(), -1)
     entropy = -(lp.exp() * lp).sum(-1)
@@ -343,7 +368,7 @@ def test_entropy_knobs_that_would_zero_the_network_are_rejected():
     a = tg.load_hyperparameters({"MIXER_HEAD": "entropy", "NGRAM_ENT_BASE": "0.45", "NGRAM_ENT_RANGE": "0.54"})
     valid = torch.ones(a.ngram_max_order - 1, 8, dtype=torch.bool)
     logits = torch.zeros(8, a.vocab_size)  # uniform: entropy 6.9 nats, the sigmoid is ~1
-    log_w = tg.mixture_log_weights(tg.MixerConfig.from_args(a), None, valid, torch.log_softmax(logits, -1))
+    log_w = tg.mixture_log_weights(tg.MixerConfig.from_args(a), None, valid, tg.neural_entropy(torch.log_softmax(logits, -1)))
     assert torch.isfinite(log_w[0]).all() and (log_w[0].exp() > 0.005).all()
 
 
@@ -407,6 +432,8 @@ def test_neural_floor_training_backward():
     {"MIXER_HEAD": "multi", "MIXER_LOSS_WEIGHT": "0", "COMPLEMENT_ALPHA": "1", "COMPLEMENT_THRESHOLD": "0.3"},
     {"MIXER_HEAD": "multi", "MIXER_LOSS_WEIGHT": "0.5", "COMPLEMENT_ALPHA": "0.5", "COMPLEMENT_THRESHOLD": "0.3"},
     {"MIXER_HEAD": "multi", "MIXER_LOSS_WEIGHT": "0.5", "MIXER_NEURAL_FLOOR": "0.2"},
+    {"MIXER_HEAD": "multi", "MIXER_LOSS_WEIGHT": "0.5", "MIXER_GATE_PRIOR": "0"},
+    {"MIXER_HEAD": "multi", "MIXER_LOSS_WEIGHT": "0.5", "MIXER_GATE_PRIOR": "1.5", "NGRAM_ENT_CENTER": "2,3,4"},
     {"MIXER_HEAD": "entropy", "MIXER_LOSS_WEIGHT": "0.5", "COMPLEMENT_ALPHA": "0.5"},  # mixture term is multi-only
 ])
 def test_training_loss_equals_float64_reference(env):
@@ -430,6 +457,7 @@ def test_training_loss_equals_float64_reference(env):
                     c = tuple(row[t - k + 2:t + 1])
                     valid[o, b * T + t] = ctx[c] >= 2
                     p[o, b * T + t] = pair[c, int(y[b, t])] / max(ctx[c], 1)
+
     weight = torch.ones_like(ce)
     if a.complement_alpha:
         best = torch.where(valid, p, 0.0).amax(0)
@@ -440,7 +468,10 @@ def test_training_loss_equals_float64_reference(env):
             assert (weight == 0.05).any(), "the 0.05 floor is never exercised"
     ref = (weight * ce).mean()
     if a.mixer_head == "multi" and a.mixer_loss_weight:
-        gate = model.mixer_gate(h).double().reshape(B * T, -1).T
+        gate = model.mixer_gate.double()(h.double().reshape(B * T, -1)).T
+        lp = torch.log_softmax(logits.double(), -1).reshape(B * T, -1)
+        gate = gate + (prior_reference(valid, -(lp.exp() * lp).sum(-1), tg.MixerConfig.from_args(a)) if
+                       a.mixer_gate_prior else torch.tensor([[tg.GATE_NEURAL_BIAS]] + [[0.0]] * n_orders))
         w = torch.softmax(gate.masked_fill(~torch.cat([torch.ones(1, B * T, dtype=torch.bool), valid]), -math.inf), 0)
         w = w * (1 - a.mixer_neural_floor)
         w[0] += a.mixer_neural_floor
@@ -566,3 +597,45 @@ def test_sorted_table_equals_count_table_call_by_call(segments, capacity):
     assert torch.equal(hashed.lookup(every_key, every_seg).long(), ordered.lookup(every_key, every_seg).long())
     assert (ordered.lookup(every_key, every_seg) > 0).sum() > 0
 
+
+
+def test_neural_floor_of_one_is_the_network_alone():
+    """MIXER_NEURAL_FLOOR=1 is in its range; it once crashed in math.log1p(-1)."""
+    valid = random_validity(4, 50, 5)
+    gate = torch.randn(50, 5, generator=torch.Generator().manual_seed(6))
+    log_w = tg.mixture_log_weights(tg.MixerConfig("multi", 1.0, 0.05, 0.55, 2.0, (4.0,) * 4), gate, valid, None)
+    assert (log_w[0] == 0).all() and torch.isneginf(log_w[1:]).all()
+    oracle, x, y, _ = oracle_and_batch()
+    a, model = small_model({"MIXER_HEAD": "multi", "MIXER_LOSS_WEIGHT": "0.5", "MIXER_NEURAL_FLOOR": "1"})
+    loss = tg.training_loss(model, x, y, oracle, tg.MixerConfig.from_args(a), a)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_hashed_target_orders_beyond_the_seeds_hash_are_refused_at_start_up():
+    """The seeds' hash has 17 multipliers: order 18 once died in fold() with an IndexError, after training."""
+    with pytest.raises(tg.UserError, match="NGRAM_MAX_ORDER"):
+        tg.load_hyperparameters({"NGRAM_SCORING": "hashed_target", "NGRAM_MAX_ORDER": "18"})
+    tg.load_hyperparameters({"NGRAM_MAX_ORDER": "18"})  # the normalized scoring has no such limit
+    a = tg.load_hyperparameters({"NGRAM_SCORING": "hashed_target", "NGRAM_MAX_ORDER": "17"})
+    cache = tg.new_cache(a, "cpu")
+    t = torch.from_numpy(make_stream(1, 300))
+    cache.add(cache.keys(t[:-1], t[1:]))
+
+
+@pytest.mark.parametrize("vocab", [63, 1025])
+def test_audit_calls_weights_target_independent_within_float32_rounding(vocab):
+    """At vocabulary sizes that are not a multiple of the SIMD width, the weights of the V expanded copies of one
+    position differ by 1-4 ulp (the last columns' exp is scalar): the audit said target_independent:no."""
+    m = tg.MixerConfig("multi", 0.0, 0.05, 0.55, 2.0, (4.0,) * 6)
+    g, exact = torch.Generator().manual_seed(0), []
+    for _ in range(200):
+        gate = (torch.randn(1, 7, generator=g) * 3).expand(vocab, 7)
+        valid = (torch.rand(6, 1, generator=g) < 0.7).expand(6, vocab)
+        log_w = tg.mixture_log_weights(m, gate, valid, None)
+        exact.append(bool((log_w == log_w[:, :1]).all()))
+        assert tg.target_independent(log_w)
+        leaked = log_w.clone()
+        leaked[1:, vocab // 2] = torch.where(valid[:, 0], -math.inf, 0.0)  # one target flips which orders count
+        assert not tg.target_independent(leaked)
+    assert not all(exact), "no rounding difference at all: the test would pass without tolerance"
