@@ -272,7 +272,7 @@ def pack_script(script: Path, logged_sha: str, source_bytes: int | None) -> dict
     """The packed form of the script that ran (already checked against the logs' sha256), verified to unpack to its
     code (train_gpt's packing drops comments and docstrings: runnable_source).
 
-    Returns {packed (bytes), already_packed, source_sha256, source_bytes, packed_sha256}. A script that was itself
+    Returns {packed (bytes), code (what it runs), already_packed, source_sha256, source_bytes, packed_sha256}. A script that was itself
     packed when it ran is kept byte for byte; so is a record's own packed script (its header names the source the
     logs ran), whose readable size comes from the runs' summaries (source_bytes).
     """
@@ -294,7 +294,7 @@ def pack_script(script: Path, logged_sha: str, source_bytes: int | None) -> dict
                           "the packing functions of --script are broken")
     own = already and sha256_bytes(ran) != logged_sha
     size = (source_bytes or len(source)) if own else len(source if already else ran)
-    return {"packed": packed, "already_packed": already and not own, "source_sha256": sha256_bytes(source),
+    return {"packed": packed, "code": source, "already_packed": already and not own, "source_sha256": sha256_bytes(source),
             "source_bytes": size, "packed_sha256": sha256_bytes(packed)}
 
 
@@ -311,12 +311,12 @@ def apply_packed_sizes(runs: list[Run], packed_bytes: int, warn) -> None:
 BASE_PACKAGES = {"torch", "numpy"}  # what every record's environment has
 
 
-def script_requirements(script: Path, requirements: Path) -> list[str]:
-    """The lines of the repository's requirements.txt (comments dropped) for packages the script imports, other than
-    torch and numpy: a record lists only what its train_gpt.py needs."""
+def script_requirements(code: bytes, requirements: Path) -> list[str]:
+    """The lines of the repository's requirements.txt (comments dropped) for packages the code imports (a packed
+    script's wrapper plus the code it carries), other than torch and numpy: a record lists only what it needs."""
     if not requirements.is_file():
         return []
-    tree = ast.parse(script.read_bytes())
+    tree = ast.parse(code)
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree)
                  if isinstance(n, ast.ImportFrom) and n.module and not n.level}
@@ -873,7 +873,8 @@ def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROO
     cfg, notes = portable_config(first.config, Path(repo_root), first.defaults)
     command = command_lines(cfg, [r.seed for r in runs], first.c["world_size"],
                             f"records/{track}/{folder.name}/train_gpt.py")
-    extra = script_requirements(Path(script), Path(requirements or Path(repo_root) / "requirements.txt"))
+    code = pack["packed"] + b"\n" + pack["code"] if pack else Path(script).read_bytes()
+    extra = script_requirements(code, Path(requirements or Path(repo_root) / "requirements.txt"))
     meta = {"author": author, "github_id": github_id, "name": name, "blurb": blurb or technique_summary(first),
             "date": date, "track": track}
     sub = build_submission(runs, meta, flags, sig, pack)

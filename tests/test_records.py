@@ -512,7 +512,7 @@ def test_requirements_list_only_what_the_script_imports(env):
     folder = env.build(logs, force=True)
     assert not (folder / "requirements.txt").exists() and "requirements.txt" not in (folder / "README.md").read_text()
     repo_lines = (REPO / "requirements.txt").read_text()
-    imported = mr.script_requirements(REPO / "train_gpt.py", REPO / "requirements.txt")
+    imported = mr.script_requirements((REPO / "train_gpt.py").read_bytes(), REPO / "requirements.txt")
     assert imported == ["sentencepiece", "brotli"] and "zstandard" in repo_lines  # data/prepare.py reads .zst
 
 
