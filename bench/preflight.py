@@ -49,7 +49,6 @@ def setting(name: str, real, dry):
 
 
 def is_dry() -> bool:
-
     return os.environ.get("PREFLIGHT_DRY", "0") not in ("", "0") or not torch.cuda.is_available()
 
 
@@ -89,7 +88,6 @@ class Stage:
 # ---- stage: machine ----------------------------------------------------------------------------------------------
 
 def stage_machine(st: Stage) -> None:
-
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         st["gpu"], st["gpu_memory_gib"] = props.name, round(props.total_memory / 2**30, 1)
@@ -169,24 +167,30 @@ def stage_paths(st: Stage) -> None:
 
 # ---- stage: speed ------------------------------------------------------------------------------------------------
 
-def timed_steps(rt, files, head: str, st: Stage):
-    """Build the model with MIXER_HEAD=head, compile on the first steps, then time more: ms/step, tokens/s, memory."""
+def prefill(rt, files, st: Stage) -> tuple:
+    """The n-gram counting rate on real training tokens, orders as configured: the oracle's prefill on the clock when
+    the configuration trains against one, and the rate at which any cache counts (NGRAM_EVAL_PREFILL=train too)."""
+    a = tg.load_hyperparameters(user_knobs())
+    cache, limit = tg.new_cache(a, rt.device, frozen=True), setting("PREFLIGHT_PREFILL_TOKENS", 50_000_000, 200_000)
+    tg.synchronize(rt)
+    t0 = time.perf_counter()
+    counted = tg.prefill_ngram_cache(cache, files, min(a.ngram_prefill_tokens or limit, limit), a.vocab_size, rt)
+    tg.synchronize(rt)
+    st["prefill_tok_per_s"] = round(counted / (time.perf_counter() - t0))
+    st["prefill_orders"] = f"2..{a.ngram_max_order} over {counted} training tokens" + (
+        "" if tg.needs_oracle(a) else " (not on this configuration's clock: it trains against no oracle)")
+    return cache, counted
 
+
+def timed_steps(rt, files, head: str, st: Stage, oracle: tuple):
+    """Build the model with MIXER_HEAD=head, compile on the first steps, then time more: ms/step, tokens/s, memory."""
     a = tg.load_hyperparameters(user_knobs() | {"MIXER_HEAD": head})
     accum = tg.grad_accum_steps(a, 1)
     torch.manual_seed(a.seed)
     model = tg.build_model(tg.ModelConfig.from_args(a), rt.device)
     tr = tg.Trainer(model, tg.build_optimizers(model, a), tg.MixerConfig.from_args(a), a, rt, accum)
     if tg.needs_oracle(a):
-        tr.oracle = tg.new_cache(a, rt.device, frozen=True)
-        limit = setting("PREFLIGHT_PREFILL_TOKENS", 50_000_000, 200_000)
-        tg.synchronize(rt)
-        t0 = time.perf_counter()
-        tr.oracle_tokens = tg.prefill_ngram_cache(tr.oracle, files, min(a.ngram_prefill_tokens or limit, limit),
-                                                  a.vocab_size, rt)
-        tg.synchronize(rt)
-        st["prefill_tok_per_s"] = round(tr.oracle_tokens / (time.perf_counter() - t0))
-        st["prefill_orders"] = f"2..{a.ngram_max_order} over {tr.oracle_tokens} training tokens"
+        tr.oracle, tr.oracle_tokens = oracle
     loader = tg.BatchLoader(tg.TokenStream(files, a.vocab_size), a.train_batch_tokens // accum, a.train_seq_len, rt)
     warm, steps = (1, 3) if is_dry() else (2, 5)
     t0 = time.perf_counter()
@@ -211,7 +215,6 @@ def timed_steps(rt, files, head: str, st: Stage):
 
 
 def stage_speed(st: Stage) -> None:
-
     a = tg.load_hyperparameters(user_knobs())
     device = torch.device("cuda" if not is_dry() else "cpu")
     if device.type == "cpu":
@@ -220,8 +223,9 @@ def stage_speed(st: Stage) -> None:
     files = tg.list_shards(a.data_path, "train")
     st["config"] = (f"layers:{a.num_layers} dim:{a.model_dim} batch_tokens:{a.train_batch_tokens} "
                     f"seq:{a.train_seq_len} accum:{tg.grad_accum_steps(a, 1)} (one GPU)")
+    oracle = prefill(rt, files, st)
     for head in dict.fromkeys(["none", a.mixer_head if a.mixer_head != "none" else "multi"]):
-        timed_steps(rt, files, head, st)
+        timed_steps(rt, files, head, st, oracle)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     # The warm score-first rate is the run stage's: its evaluation compiles before its clock, so measuring it here
@@ -343,7 +347,6 @@ def main() -> int:
     dry, budget = is_dry(), setting("PREFLIGHT_BUDGET", 540.0, 300.0)
     a, defaults = tg.load_hyperparameters(user_knobs()), tg.load_hyperparameters({})
     changed = {k: getattr(a, k.lower()) for k in tg.KNOB_BY_ENV if getattr(a, k.lower()) != getattr(defaults, k.lower())}
-
     device = "cpu (dry mode: tiny sizes, not the GPU's figures)" if dry else torch.cuda.get_device_name(0)
     print(f"preflight {'DRY: no GPU figures, every stage at tiny sizes on CPU' if dry else 'on ' + device} "
           f"commit:{commit()} budget:{budget:.0f}s", flush=True)
