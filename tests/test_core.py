@@ -242,8 +242,52 @@ def test_ema_warms_up_in_short_runs():
         model.weight.fill_(1.0)
     for _ in range(30):
         avg.update(model)
-    ema, kind = avg.final(model)
-    assert kind.startswith("ema") and (ema["weight"] - 1.0).abs().max() < 0.05  # plain EMA(0.997) would be ~0.09
+    ema, label = avg.candidates(model)["ema"]
+    assert label.startswith("ema") and (ema["weight"] - 1.0).abs().max() < 0.05  # plain EMA(0.997) would be ~0.09
+
+
+def reference_loss(model, x, y) -> float:
+    """Float64 cross-entropy of the network's logits, from the plain forward and an explicit log-softmax."""
+    with torch.no_grad():
+        logits = model.logits(tg.GPT.hidden(model, x)).double().reshape(-1, model.c.vocab_size)
+    return -logits.log_softmax(-1).gather(1, y.reshape(-1, 1)).mean().item()
+
+
+@pytest.mark.parametrize("mode", ["auto", "ema", "raw"])
+def test_final_weights_are_chosen_on_held_back_training_tokens(mode):
+    """auto exports the candidate with the lowest loss on the stream's next tokens, which no step trained on (and
+    forced modes export what they name); the choice and every candidate's loss go to the summary."""
+    a = tg.load_hyperparameters({"PRESET": "smoke", "FINAL_WEIGHTS": mode, "FINAL_SELECT_TOKENS": "8192"})
+    model = tiny_model()
+    rt = tg.Runtime(0, 1, 0, torch.device("cpu"), lambda *args, **kw: None, "t")
+    avg = tg.WeightAverager(model, 0.9)
+    avg.update(model)
+    with torch.no_grad():  # the live weights drift after the EMA's last update: two candidates that really differ
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    stream = tg.RandomTokens(a.vocab_size, 5)
+    held = tg.RandomTokens(a.vocab_size, 5)  # the same stream: what the choice reads from it
+    batches = [tg.next_micro_batch(held, 4096, a.train_seq_len, 0, 1, torch.device("cpu"))[:2] for _ in range(2)]
+    want, found = {}, avg.candidates(model)
+    for name, (weights, _) in found.items():
+        probe = tiny_model()
+        probe.load_state_dict(weights)
+        want[name] = sum(reference_loss(probe, x, y) for x, y in batches) / len(batches)
+    choice = tg.choose_final_weights(model, avg, stream, a, rt)
+    assert set(choice["held_back_loss"]) == {"raw", "ema"} and choice["tokens"] == 8192
+    for name, loss in choice["held_back_loss"].items():
+        assert loss == pytest.approx(want[name], abs=1e-4)
+    assert want["raw"] != pytest.approx(want["ema"], abs=1e-3)
+    assert choice["chosen"] == (min(want, key=want.get) if mode == "auto" else mode)
+    exported = model.state_dict()
+    assert all(torch.equal(exported[k], v.to(exported[k].dtype)) for k, v in found[choice["chosen"]][0].items())
+
+
+def test_final_weights_that_cannot_exist_are_refused_at_start_up():
+    with pytest.raises(tg.UserError, match="FINAL_WEIGHTS.*SWA_EVERY"):
+        tg.load_hyperparameters({"FINAL_WEIGHTS": "swa", "SWA_EVERY": "0"})
+    with pytest.raises(tg.UserError, match="FINAL_WEIGHTS.*EMA_DECAY"):
+        tg.load_hyperparameters({"FINAL_WEIGHTS": "ema", "EMA_DECAY": "0"})
 
 
 @pytest.mark.parametrize("budget_s, step_ms", [(20, 1000), (240, 1090), (600, 83)])
