@@ -14,9 +14,10 @@ BENCH_ROWS):
     multi_static  the same gate without its online training (MIXER_ONLINE_LR=0): the prior plus what training taught it
     tilt7       token tilt, orders 2..7
     tilt16      token tilt, orders 2..16
-Columns: score-first val_bpb (legal_ttt_exact), its gain over the none row (over the artifact's sliding-window
-val_bpb, which is also neural only, when none is skipped), the audit's max |sum - 1| over the vocabulary, and the
-evaluation seconds (compliance eval_seconds: loading, round-trip, sliding window and the score-first pass).
+Columns, each from the run's summary (logs/<RUN_ID>.summary.json): score-first val_bpb (scores.legal_ttt), its gain
+over the none row (over the artifact's sliding-window val_bpb, scores.sliding, which is also neural only, when none
+is skipped), the audit's max |sum - 1| over the vocabulary (audit), and the evaluation seconds (compliance
+eval_seconds: loading, round-trip, sliding window and the score-first pass).
 TTT is off in every row (TTT_EPOCHS=0); BENCH_TTT=<epochs> turns it on for all of them.
 
 BENCH_MODE=systems: each seed system trained and evaluated as its own run, with our scoring (normalized, leave-one-out
@@ -41,12 +42,12 @@ LOAD_ARTIFACT runs leave out model-shape variables (the artifact fixes them; tra
 """
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -92,7 +93,8 @@ def parse_env(text: str) -> dict:
 
 
 def run(env: dict, workdir: Path, nproc: int) -> dict:
-    """One train_gpt.py run in workdir; the fields of its result lines, or {"error": its last stderr line}."""
+    """One train_gpt.py run in workdir: its summary (logs/<RUN_ID>.summary.json) and "wall", or {"wall", "error": its
+    last stderr line}."""
     cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                               if nproc > 1 else []) + [str(ROOT / "train_gpt.py")]
     env = os.environ | env
@@ -101,18 +103,29 @@ def run(env: dict, workdir: Path, nproc: int) -> dict:
         env = {k: v for k, v in env.items() if k not in tg.SHAPE_KNOBS}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
-    fields = {"wall": time.perf_counter() - t0}
+    wall = time.perf_counter() - t0
     if proc.returncode:
-        return fields | {"error": (proc.stderr.strip().splitlines() or ["?"])[-1].removeprefix("error: ")}
-    fields["compliance"] = json.loads((workdir / "logs" / f"{env['RUN_ID']}.summary.json").read_text())["compliance"]
-    for line in proc.stdout.splitlines():
-        name, _, rest = line.partition(" ")
-        metric = re.fullmatch(r"final_(\S+)_(roundtrip|sliding_window)_exact", name)
-        if metric:  # final_<bit-width tag>_..., e.g. int6 or int5-6
-            fields["tag"], name = metric[1], metric[2]
-        if name in ("legal_ttt_exact", "ngram_audit", "roundtrip", "sliding_window"):
-            fields[name] = dict(tok.split(":", 1) for tok in rest.split() if ":" in tok)
-    return fields
+        return {"wall": wall, "error": (proc.stderr.strip().splitlines() or ["?"])[-1].removeprefix("error: ")}
+    return json.loads((workdir / "logs" / f"{env['RUN_ID']}.summary.json").read_text()) | {"wall": wall}
+
+
+def bpb(r: dict, label: str) -> float:
+    return r["scores"][label]["val_bpb"]
+
+
+def audit(r: dict) -> str:
+    """The n-gram audit's max |sum - 1| over the vocabulary ("-" without a mixer: nothing audited)."""
+    return str(r.get("audit", {}).get("max_abs_sum_err", "-"))
+
+
+def quant_tag(r: dict, artifact: str = "") -> str:
+    """The bit-width tag (int6, int5-6) train_gpt.py labels round-trip scores with: from the run's export, or for a
+    LOAD_ARTIFACT run (which exports nothing) from the settings stored in the artifact."""
+    if "export" in r:
+        bits = r["export"]["bits"]
+        return tg.quant_tag(SimpleNamespace(quant_bits=bits["attn"], quant_mlp_bits=bits["mlp"]))
+    stored = tg.read_artifact(Path(artifact))[2]
+    return tg.quant_tag(SimpleNamespace(quant_bits=stored["QUANT_BITS"], quant_mlp_bits=stored["QUANT_MLP_BITS"]))
 
 
 def selected(names) -> list[str]:
@@ -152,12 +165,11 @@ def one_model(base: dict, workdir: Path, nproc: int) -> None:
         if "error" in r:
             print(f"| {name} | {desc} | error: {r['error']} | | | | {r['wall']:.0f} |", flush=True)
             continue
-        results[name] = bpb = float(r["legal_ttt_exact"]["val_bpb"])
-        neural = neural or (r["tag"], float(r["roundtrip"]["val_bpb"]), float(r["sliding_window"]["val_bpb"]))
+        results[name] = score = bpb(r, "legal_ttt")
+        neural = neural or (quant_tag(r, artifact), bpb(r, "roundtrip"), bpb(r, "sliding"))
         reference = results.get("none", neural[2])  # none comes first when selected
-        audit = r.get("ngram_audit", {}).get("max_abs_sum_err", "-")
         wall = "(training run)" if r is train else f"{r['wall']:.0f}"
-        print(f"| {name} | {desc} | {bpb:.4f} | {reference - bpb:+.4f} | {audit} | "
+        print(f"| {name} | {desc} | {score:.4f} | {reference - score:+.4f} | {audit(r)} | "
               f"{r['compliance']['eval_seconds']:.1f} | {wall} |", flush=True)
     if neural:
         print(f"the artifact, neural only: {neural[0]} round-trip val_bpb {neural[1]:.4f}, sliding window {neural[2]:.4f}"
@@ -177,10 +189,9 @@ def systems(base: dict, workdir: Path, nproc: int) -> None:
             if "error" in r:
                 print(f"| {desc} | {scoring} | error: {r['error']} | | | | |", flush=True)
                 continue
-            audit = r.get("ngram_audit", {}).get("max_abs_sum_err", "-")
             bad = [k for k, v in r["compliance"]["verdicts"].items() if v == "FAIL"]
-            print(f"| {desc} | {scoring} | {float(r['roundtrip']['val_bpb']):.4f} ({r['tag']}) | "
-                  f"{float(r['legal_ttt_exact']['val_bpb']):.4f} | {audit} | {r['compliance']['eval_seconds']:.1f} | "
+            print(f"| {desc} | {scoring} | {bpb(r, 'roundtrip'):.4f} ({quant_tag(r)}) | "
+                  f"{bpb(r, 'legal_ttt'):.4f} | {audit(r)} | {r['compliance']['eval_seconds']:.1f} | "
                   f"{'FAIL: ' + ', '.join(bad) if bad else 'PASS'} |", flush=True)
 
 
