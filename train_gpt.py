@@ -1432,13 +1432,38 @@ class MixerConfig:
     tilt_beta: float = 1.0
     tilt_confidence: float = 0.5
     gate_prior: float = 0.0
+    online_lr: float = 0.0
+    loss_weight: float = 0.0
+    complement_alpha: float = 0.0
 
     @classmethod
     def from_args(cls, a) -> "MixerConfig":
         centers = a.ngram_ent_center * (a.ngram_max_order - 1) if len(a.ngram_ent_center) == 1 else a.ngram_ent_center
         return cls(a.mixer_head, a.mixer_neural_floor, a.ngram_ent_base, a.ngram_ent_range, a.ngram_ent_scale,
                    tuple(reversed(centers)),  # NGRAM_ENT_CENTER lists orders high -> low, as the seeds wrote it
-                   a.ngram_tilt_beta, a.ngram_tilt_confidence, a.mixer_gate_prior)
+                   a.ngram_tilt_beta, a.ngram_tilt_confidence, a.mixer_gate_prior, a.mixer_online_lr,
+                   a.mixer_loss_weight, a.complement_alpha)
+
+    # What MIXER_HEAD decides, each decided here once (the model's gate_outputs is ModelConfig's, above).
+    @property
+    def uses_cache(self) -> bool:  # every head but none reads the n-gram experts
+        return self.head != "none"
+
+    @property
+    def uses_gate(self) -> bool:  # a learned Linear(model_dim -> 1 + orders) weights the experts
+        return self.head == "multi"
+
+    @property
+    def needs_hints(self) -> bool:  # the tilt boosts each context's most frequent next token
+        return self.head == "tilt"
+
+    @property
+    def needs_oracle(self) -> bool:  # the training loss reads a frozen cache of training n-grams
+        return self.uses_gate and self.loss_weight > 0 or self.complement_alpha > 0
+
+    @property
+    def learns_online(self) -> bool:  # the gate trains on each chunk once it is scored
+        return self.uses_gate and self.online_lr > 0
 
 
 def neural_entropy(neural_logp: Tensor) -> Tensor:
@@ -1464,7 +1489,7 @@ def mixture_log_weights(m: MixerConfig, gate_logits: Tensor | None, valid: Tenso
     over experts for any target, and the mixture is a distribution whenever each expert is."""
     n_orders, n = valid.shape
     log_w = torch.full((1 + n_orders, n), -math.inf, device=valid.device)
-    if m.head == "multi":  # learned gate, softmax over the neural expert and the valid orders
+    if m.uses_gate:  # learned gate, softmax over the neural expert and the valid orders
         logits = gate_logits.float().T  # + the prior: an untrained gate starts from the entropy head's weights
         if m.gate_prior:  # (floored, so the gate can move weight to the orders below the backoff's choice too)
             logits = logits + entropy_backoff(m, valid, entropy).clamp_min(-m.gate_prior)
@@ -1501,9 +1526,9 @@ def mixed_nll(m: MixerConfig, logits: Tensor, gate_h: Tensor | None, cache: Ngra
     multi head's rows with a valid order, what the gate's online training on this chunk needs once it is scored."""
     neural_logp = torch.log_softmax(logits.float(), dim=-1)
     logp_target = neural_logp.gather(1, targets[:, None]).squeeze(1)
-    if cache is None or m.head == "none":
+    if cache is None or not m.uses_cache:
         return -logp_target, torch.zeros(1, logp_target.numel(), device=logits.device)
-    if m.head == "tilt":  # p'(v) = p(v) e^(beta [v = h]) / Z, Z = 1 + p(h) (e^beta - 1): the accepted token tilt
+    if m.needs_hints:  # p'(v) = p(v) e^(beta [v = h]) / Z, Z = 1 + p(h) (e^beta - 1): the accepted token tilt
         hint = cache.hint(target_keys(cache, tokens, idx, targets), m.tilt_confidence)
         beta = torch.where(hint >= 0, m.tilt_beta, 0.0)
         log_z = torch.log1p(neural_logp.gather(1, hint.clamp_min(0)[:, None]).squeeze(1).exp() * torch.expm1(beta))
@@ -1511,7 +1536,7 @@ def mixed_nll(m: MixerConfig, logits: Tensor, gate_h: Tensor | None, cache: Ngra
         return log_z - logp_target - beta * (targets == hint), torch.stack([hint.float(), log_z])
     p, valid = cache.expert_probs(target_keys(cache, tokens, idx, targets))
     entropy = neural_entropy(neural_logp)
-    x = gate_h.float() if m.head == "multi" else None
+    x = gate_h.float() if m.uses_gate else None
     log_w = mixture_log_weights(m, None if x is None else gate(x), valid, entropy)
     if keep is not None and x is not None:  # rows without a valid order give the gate no gradient
         rows = valid.any(0)
@@ -1553,7 +1578,7 @@ def loss_head(model: nn.Module, h: Tensor, y: Tensor, p: Tensor | None, valid: T
         ramp = ((torch.where(valid, p, 0.0).amax(0) - complement_threshold) / (1 - complement_threshold)).clamp(0, 1)
         weight = (1 - complement_alpha * ramp).clamp_min(0.05)
     loss = (weight * nll).mean()
-    if m.head == "multi" and mix_weight:
+    if m.uses_gate and mix_weight:
         entropy = neural_entropy(torch.log_softmax(logits.float(), -1)) if m.gate_prior else None
         log_w = mixture_log_weights(m, model.mixer_gate(h.reshape(nll.numel(), -1)), valid, entropy)
         loss = loss - mix_weight * mixture_log_prob(log_w, -nll, p).mean()
@@ -1591,13 +1616,9 @@ class Schedule:
         return a.muon_momentum_warmup_start + (a.muon_momentum - a.muon_momentum_warmup_start) * ramp
 
 
-def needs_oracle(a) -> bool:
-    return a.mixer_head == "multi" and a.mixer_loss_weight > 0 or a.complement_alpha > 0
-
-
 def new_cache(a, device, frozen: bool = False) -> NgramCache:
     return make_cache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device,
-                      hints=a.mixer_head == "tilt" and not frozen, frozen=frozen)
+                      hints=MixerConfig.from_args(a).needs_hints and not frozen, frozen=frozen)
 
 
 class RandomTokens:
@@ -1768,7 +1789,7 @@ def train(tr: Trainer, ev, plan: dict, data_check=None) -> tuple[dict[str, Tenso
     Returns (the weights to export, loaded into the model; their Hessians or None; seconds on the clock)."""
     a, rt, model = tr.a, tr.rt, tr.model
     calib_batches = -(-a.gptq_calibration_tokens // (a.train_batch_tokens // tr.accum)) if a.quant_method == "gptq" else 0
-    if needs_oracle(a):  # empty until prefill, but present in warm-up, so the compiled loss head sees its real inputs
+    if tr.mixer.needs_oracle:  # empty until prefill, but present in warm-up, so the compiled loss head sees its real inputs
         tr.oracle = new_cache(a, rt.device, frozen=True)
     batch_s = warm_up(tr, plan)
     candidates = 1 + bool(a.ema_decay) + bool(a.swa_every)  # raw, ema, swa: each scored on the held-back batches
@@ -2479,11 +2500,11 @@ def warm_up_eval(model: GPT, a, rt: Runtime, byte_tables: ByteTables) -> None:
     tokens = torch.from_numpy(RandomTokens(a.vocab_size, a.seed).take(min(2 * a.eval_chunk_tokens, 1 << 17) + 1))
     ev = Evaluator(model, MixerConfig.from_args(a), byte_tables, tokens.long().to(rt.device),
                    a.eval_seq_len or a.train_seq_len, a.eval_batch_seqs, rt.rank, rt.world, lambda msg: None)
-    cache = new_cache(a, rt.device) if ev.mixer.head != "none" else None
+    cache = new_cache(a, rt.device) if ev.mixer.uses_cache else None
     evaluate(ev, "warmup", ev.seq_len, a.eval_chunk_tokens)  # the round-trip pass's shapes
     audit = list(range(1, tokens.numel() - 1, max(1, tokens.numel() // max(a.ngram_audit_positions, 1))))
     evaluate(ev, "warmup", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a),  # then the gate's:
-             audit=audit[:a.ngram_audit_positions] if cache is not None else [], gate_step=score_first_gate(ev, a))
+             audit=audit[:a.ngram_audit_positions] if cache is not None else [], gate_step=score_first_gate(ev))
 
 
 def score_first_ttt(ev, a):
@@ -2499,11 +2520,11 @@ def score_first_ttt(ev, a):
     return lambda t0, t1: ttt_on_chunk(ev, opt, params, t0, t1, a)
 
 
-def score_first_gate(ev, a):
+def score_first_gate(ev):
     """gate_step() for evaluate(): the learned gate's online training (MIXER_ONLINE_LR), or None."""
-    if ev.mixer.head != "multi" or not a.mixer_online_lr:
+    if not ev.mixer.learns_online:
         return None
-    opt = torch.optim.Adam(ev.model.mixer_gate.requires_grad_(True).parameters(), lr=a.mixer_online_lr)
+    opt = torch.optim.Adam(ev.model.mixer_gate.requires_grad_(True).parameters(), lr=ev.mixer.online_lr)
     return lambda: gate_on_chunk(ev, opt)
 
 
@@ -2513,7 +2534,8 @@ def evaluate_artifact(path: Path, artifact: tuple, a, rt: Runtime, byte_tables: 
     Evaluation time: reading the artifact and every pass below; compilation happens before it on random tokens."""
     model_cfg, state, stored, load_s = artifact
     a = with_artifact_settings(a, stored, rt)
-    if a.mixer_head == "multi" and model_cfg.gate_outputs != a.ngram_max_order:
+    mixer = MixerConfig.from_args(a)
+    if mixer.uses_gate and model_cfg.gate_outputs != a.ngram_max_order:
         raise UserError(f"{path} has a gate for {model_cfg.gate_outputs} experts but MIXER_HEAD=multi with NGRAM_MAX_ORDER="
                         f"{a.ngram_max_order} needs {a.ngram_max_order}; use the order it was trained with, or another head")
     seq_len = a.eval_seq_len or a.train_seq_len
@@ -2526,7 +2548,6 @@ def evaluate_artifact(path: Path, artifact: tuple, a, rt: Runtime, byte_tables: 
     model.load_state_dict(state)
     for p in model.parameters():
         p.requires_grad_(True)
-    mixer = MixerConfig.from_args(a)
     val = scored_part(val, a.eval_max_tokens)
     ev = Evaluator(model, mixer, byte_tables, val.to(rt.device), seq_len, a.eval_batch_seqs, rt.rank, rt.world, rt.log)
     tag = quant_tag(a)  # the artifact's bit widths (stored with its settings)
@@ -2534,12 +2555,12 @@ def evaluate_artifact(path: Path, artifact: tuple, a, rt: Runtime, byte_tables: 
     log_metric(rt, f"final_{tag}_roundtrip", roundtrip)
     res = evaluate(ev, "sliding", a.eval_stride, a.eval_chunk_tokens)
     log_metric(rt, f"final_{tag}_sliding_window", res, f" stride:{a.eval_stride}")
-    cache = build_eval_cache(a, rt, oracle) if mixer.head != "none" else None
+    cache = build_eval_cache(a, rt, oracle) if mixer.uses_cache else None
     n_targets = val.numel() - 1  # audited targets: a fixed random sample, spread over the whole pass
     audit = (torch.randperm(n_targets, generator=torch.Generator().manual_seed(a.seed))[:a.ngram_audit_positions]
              + 1).sort().values.tolist() if cache is not None else []
     res = evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a),
-                   a.eval_max_seconds, audit, score_first_gate(ev, a))  # in this order: the gate's re-enables its grads
+                   a.eval_max_seconds, audit, score_first_gate(ev))  # in this order: the gate's re-enables its grads
     eval_s = time.perf_counter() - t_start
     log_metric(rt, "legal_ttt", res)
     if rt.rank == 0:
@@ -2554,8 +2575,8 @@ def evaluate_artifact(path: Path, artifact: tuple, a, rt: Runtime, byte_tables: 
 
 def build_eval_cache(a, rt: Runtime, oracle: NgramCache | None) -> NgramCache:
     """Empty (validation history only) or, with NGRAM_EVAL_PREFILL=train, counted from training data."""
-    if a.ngram_eval_prefill == "train" and oracle is not None and a.mixer_head != "tilt":  # frozen: has no hints
-        cache = oracle.clone()
+    if a.ngram_eval_prefill == "train" and oracle is not None and not MixerConfig.from_args(a).needs_hints:
+        cache = oracle.clone()  # (frozen: the oracle keeps no hints)
     else:
         cache = new_cache(a, rt.device)
         if a.ngram_eval_prefill == "train":
@@ -2634,6 +2655,7 @@ def compliance_report(a, rt: Runtime, train_seconds: float | None, evaluation: d
     run is or is not a record. Eval time: the clock of a full split on 8 GPUs, else the passes' projections to it."""
     code_bytes, _ = code_sizes()
     ea, fit, hardware = evaluation["a"], rt.summary.get("export"), f"{rt.world}x{device_name(rt)}"
+    mixed = MixerConfig.from_args(ea).uses_cache
     on_gpu = device_name(rt) != "cpu"
     scores = rt.summary.get("scores", {})
     passes = [scores.get(k, {}).get("projection_8gpu_s") for k in ("roundtrip", "sliding", "legal_ttt")]
@@ -2642,8 +2664,8 @@ def compliance_report(a, rt: Runtime, train_seconds: float | None, evaluation: d
     r = dict(train_seconds=train_seconds, eval_seconds=evaluation["eval_seconds"], eval_projection_seconds=projected,
              model_bytes=model_bytes, code_bytes=code_bytes, artifact_bytes=model_bytes + code_bytes,
              export_fit=None if fit is None else ("yes" if fit["bytes"] <= fit["target"] else "no"),
-             scoring=ea.ngram_scoring if ea.mixer_head != "none" else "normalized",
-             train_data_at_eval="yes" if ea.ngram_eval_prefill == "train" and ea.mixer_head != "none" else "no",
+             scoring=ea.ngram_scoring if mixed else "normalized",
+             train_data_at_eval="yes" if ea.ngram_eval_prefill == "train" and mixed else "no",
              hardware=hardware, world_size=rt.world, train_cap_seconds=a.max_wallclock_seconds,
              scored_targets=evaluation["scored_targets"], val_targets=val_targets, eval_max_tokens=ea.eval_max_tokens,
              data=data[0], val_docs_in_train=data[2])
@@ -2707,7 +2729,7 @@ def main(state: dict) -> None:
     artifact = read_artifact(Path(a.load_artifact)) if a.load_artifact else None  # its vocabulary: logged, and the
     a = dataclasses.replace(a, vocab_size=artifact[0].vocab_size) if artifact else a  # tokenizer and shards must fit
     log_run_header(rt, a)
-    if a.ngram_scoring == "hashed_target" and a.mixer_head != "none":
+    if a.ngram_scoring == "hashed_target" and MixerConfig.from_args(a).uses_cache:
         rt.log("WARNING NGRAM_SCORING=hashed_target: the seeds' target-only lookup is not a normalized probability; "
                "its val_bpb is not valid for a record")
     torch.manual_seed(a.seed)  # same init on every rank
@@ -2763,12 +2785,13 @@ def main(state: dict) -> None:
 
 def log_result(rt: Runtime, ea, res: EvalResult, path: Path) -> None:
     """The score beside the network's own sliding-window score, and a warning when the mixer made it worse."""
+    mixer = MixerConfig.from_args(ea)
     own = rt.summary.get("scores", {}).get("sliding", {}).get("val_bpb")
-    if own is not None and res.val_bpb > own and ea.mixer_head != "none":
+    if own is not None and res.val_bpb > own and mixer.uses_cache:
         rt.log(f"WARNING the mixer{' and TTT' if ea.ttt_epochs else ''} made the score worse: val_bpb {res.val_bpb:.4f} "
                f"against the network's own sliding window {own:.4f} ({res.val_bpb - own:+.4f}); compare MIXER_HEAD=none")
     rt.log(f"result val_bpb:{res.val_bpb:.8f} (score-first, "
-           f"{'neural only' if ea.mixer_head == 'none' else ea.ngram_scoring}{', TTT' if ea.ttt_epochs else ''}) "
+           f"{ea.ngram_scoring if mixer.uses_cache else 'neural only'}{', TTT' if ea.ttt_epochs else ''}) "
            + (f"network_sliding_bpb:{own:.8f} " if own is not None else "")
            + f"log:logs/{rt.run_id}.txt artifact:{path}")
 

@@ -83,7 +83,7 @@ def timed_eval(env: dict, tokens: torch.Tensor) -> dict:
     model.load_state_dict(initial)
     ev = tg.Evaluator(model, tg.MixerConfig.from_args(a), tables, tokens, a.eval_seq_len or a.train_seq_len,
                       a.eval_batch_seqs, 0, 1, rt.log)
-    cache = tg.new_cache(a, DEVICE) if a.mixer_head != "none" else None
+    cache = tg.new_cache(a, DEVICE) if tg.MixerConfig.from_args(a).uses_cache else None
     seconds = defaultdict(float)
     with timed(seconds, {"score_chunk": "score", "mixed_nll": "mixed_nll", "add_chunk_to_cache": "cache"}) as wrap:
         ttt = tg.score_first_ttt(ev, a)

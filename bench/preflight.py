@@ -178,7 +178,7 @@ def prefill(rt, files, st: Stage) -> tuple:
     tg.synchronize(rt)
     st["prefill_tok_per_s"] = round(counted / (time.perf_counter() - t0))
     st["prefill_orders"] = f"2..{a.ngram_max_order} over {counted} training tokens" + (
-        "" if tg.needs_oracle(a) else " (not on this configuration's clock: it trains against no oracle)")
+        "" if tg.MixerConfig.from_args(a).needs_oracle else " (not on this configuration's clock: it trains against no oracle)")
     return cache, counted
 
 
@@ -189,7 +189,7 @@ def timed_steps(rt, files, head: str, st: Stage, oracle: tuple):
     torch.manual_seed(a.seed)
     model = tg.build_model(tg.ModelConfig.from_args(a), rt.device)
     tr = tg.Trainer(model, tg.build_optimizers(model, a), tg.MixerConfig.from_args(a), a, rt, accum)
-    if tg.needs_oracle(a):
+    if tr.mixer.needs_oracle:
         tr.oracle, tr.oracle_tokens = oracle
     loader = tg.BatchLoader(tg.TokenStream(files, a.vocab_size), a.train_batch_tokens // accum, a.train_seq_len, rt)
     warm, steps = (1, 3) if is_dry() else (2, 5)
@@ -274,10 +274,11 @@ def projection(stages: dict) -> tuple[dict, list[str]]:
         train_tokens = machine.get("train_tokens", 0)
         rate = speed.get("prefill_tok_per_s")
         wanted = min(a.ngram_prefill_tokens or train_tokens, train_tokens)
-        prefill_s = min(wanted / rate, tg.PREFILL_MAX_SHARE * tg.LIMIT_TRAIN_SECONDS) if rate and tg.needs_oracle(a) else 0
+        on_clock = rate and tg.MixerConfig.from_args(a).needs_oracle
+        prefill_s = min(wanted / rate, tg.PREFILL_MAX_SHARE * tg.LIMIT_TRAIN_SECONDS) if on_clock else 0
         fig["prefill_s"] = round(prefill_s, 1)
         fig["prefill_share"] = f"{prefill_s / tg.LIMIT_TRAIN_SECONDS:.0%} of the 600 s clock"
-        if rate and tg.needs_oracle(a) and wanted / rate > prefill_s:
+        if on_clock and wanted / rate > prefill_s:
             fig["prefill_note"] = (f"counting all {wanted} training tokens would take {wanted / rate:.0f} s: the oracle "
                                    f"stops at {prefill_s:.0f} s (set NGRAM_PREFILL_TOKENS to choose)")
         fig["steps_in_600s"] = int((tg.LIMIT_TRAIN_SECONDS - prefill_s) * 1000 / fig["step_ms_8gpu"])

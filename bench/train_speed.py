@@ -125,7 +125,8 @@ def filled_oracle(mod, a):
     """mod's training oracle over the stream's first ORACLE_TOKENS tokens, built as mod's prefill_ngram_cache builds
     it on one rank (same table kind, same block size), so lookups probe populated tables; returns (cache, tokens
     counted) or (None, 0) when the head needs no oracle."""
-    if not mod.needs_oracle(a):
+    old = getattr(mod, "needs_oracle", None)  # a baseline commit's (before MixerConfig.needs_oracle)
+    if not (old(a) if old else mod.MixerConfig.from_args(a).needs_oracle):
         return None, 0
     frozen = {"frozen": True} if "frozen" in inspect.signature(mod.new_cache).parameters else {}
     cache, toks = mod.new_cache(a, DEVICE, **frozen), torch.from_numpy(token_source(a).take(ORACLE_TOKENS).astype("int64"))

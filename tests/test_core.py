@@ -476,7 +476,7 @@ def test_batch_loader_raises_the_reader_error_where_the_loop_waits():
 
 def test_tilt_with_a_training_oracle_keeps_hints_off_the_frozen_table():
     a = tg.load_hyperparameters({"PRESET": "smoke", "MIXER_HEAD": "tilt", "COMPLEMENT_ALPHA": "0.5"})
-    assert tg.needs_oracle(a) and tg.new_cache(a, "cpu", frozen=True).best is None
+    assert tg.MixerConfig.from_args(a).needs_oracle and tg.new_cache(a, "cpu", frozen=True).best is None
     assert tg.new_cache(a, "cpu").best is not None
 
 

@@ -26,7 +26,7 @@ def make_evaluator(env: dict, n_tokens: int = 3000, seed: int = 0) -> tuple[tg.E
 
 
 def run_score_first(ev, a, record=True):
-    cache = tg.new_cache(a, "cpu") if a.mixer_head != "none" else None
+    cache = tg.new_cache(a, "cpu") if tg.MixerConfig.from_args(a).uses_cache else None
     ttt = None
     if a.ttt_epochs:
         params = tg.ttt_parameters(ev.model, a)
@@ -34,7 +34,7 @@ def run_score_first(ev, a, record=True):
         ttt = lambda t0, t1: tg.ttt_on_chunk(ev, opt, params, t0, t1, a)
     ev.record = [] if record else None
     res = tg.evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, ttt,
-                      gate_step=tg.score_first_gate(ev, a))
+                      gate_step=tg.score_first_gate(ev))
     per_pos = torch.full((ev.tokens.numel(),), float("nan"), dtype=torch.float64)
     for idx, nll in ev.record or []:
         per_pos[idx] = nll.double()
@@ -122,7 +122,7 @@ def test_gate_learns_from_each_scored_chunk_in_order(monkeypatch):
     monkeypatch.setattr(tg, "score_chunk", lambda ev, cache, t0, t1, stride: events.append(("score", t0, t1))
                         or real_score(ev, cache, t0, t1, stride))
     monkeypatch.setattr(tg, "gate_on_chunk", gate_spy)
-    tg.evaluate(ev, "x", 16, 700, tg.new_cache(a, "cpu"), gate_step=tg.score_first_gate(ev, a))
+    tg.evaluate(ev, "x", 16, 700, tg.new_cache(a, "cpu"), gate_step=tg.score_first_gate(ev))
     n = ev.tokens.numel() - 1
     bounds = [(t, min(t + 700, n + 1)) for t in range(1, n + 1, 700)]
     assert [e[0] for e in events] == ["score", "gate"] * (len(bounds) - 1) + ["score"]
