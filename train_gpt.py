@@ -271,6 +271,11 @@ def load_hyperparameters(environ: dict[str, str] | None = None) -> Hyperparamete
     return args
 
 
+SEED_PRIMES = (36313, 27191, 51647, 81929, 131071, 174763, 233017, 283721, 347237, 411527, 479909, 541483,
+               611953, 683759, 755617, 821677, 889001)  # the seeds' XOR-hash multipliers, one per context slot
+# (SeedHashedCache, NGRAM_SCORING=hashed_target): here because their number bounds NGRAM_MAX_ORDER
+
+
 def check_knob_relations(a) -> None:
     """Constraints between knobs, checked before any data or model work."""
     def need(ok: bool, env: str, why: str):
@@ -1284,10 +1289,6 @@ class NgramCache:
 # with collisions that is not a distribution (the audit prints how far from 1 it sums). Everything the valid path
 # does not need lives here; make_cache is the one place that picks it.
 
-SEED_PRIMES = (36313, 27191, 51647, 81929, 131071, 174763, 233017, 283721, 347237, 411527, 479909, 541483,
-               611953, 683759, 755617, 821677, 889001)  # the seeds' XOR-hash multipliers, one per context slot
-
-
 class SeedHashedCache(NgramCache):
     scoring = "hashed_target"
 
@@ -1372,9 +1373,10 @@ def prefill_ngram_cache(cache: NgramCache, files: list[Path], max_tokens: int, v
                 error = str(exc)
         flags = torch.tensor([float(bool(error)), float(bool(time_limit_s) and time.perf_counter() - t0 > time_limit_s)],
                              device=device)
-        if world > 1:  # every rank must take the same branch, or the next collective hangs
+        if world > 1:  # every rank must take the same branch, or the next collective hangs; add() skips the
+            # padding (EMPTY_KEY keys), and so the padded counts
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            keys, counts = all_gather_padded(keys), all_gather_padded(counts)
+            keys, counts = all_gather_padded(keys, EMPTY_KEY), all_gather_padded(counts, EMPTY_KEY)
         if flags[0]:
             raise UserError(error or "another rank found a token id >= VOCAB_SIZE in a training shard (its error says where)")
         cache.add(keys, counts)
@@ -1407,14 +1409,14 @@ def stream_key_counts(cache: NgramCache, toks: Tensor, first: int) -> tuple[Tens
             torch.stack([F.pad(c, (0, width - c.numel()), value=EMPTY_KEY) for _, c in uniq]))
 
 
-def all_gather_padded(x: Tensor) -> Tensor:
-    """all_gather of [rows, n_rank] tensors with a different n per rank, concatenated along dim 1. Padding is -1,
-    which add() skips as a key (and so ignores the padded counts). gloo and NCCL both need equal shapes."""
+def all_gather_padded(x: Tensor, fill: int) -> Tensor:
+    """all_gather of [rows, n_rank] tensors with a different n per rank, concatenated along dim 1, padded with fill
+    (gloo and NCCL both need equal shapes)."""
     width = torch.tensor([x.size(1)], device=x.device)
     widths = [torch.zeros_like(width) for _ in range(dist.get_world_size())]
     dist.all_gather(widths, width)
     pad = int(max(w.item() for w in widths))
-    x = F.pad(x, (0, pad - x.size(1)), value=EMPTY_KEY)
+    x = F.pad(x, (0, pad - x.size(1)), value=fill)
     parts = [torch.empty_like(x) for _ in widths]
     dist.all_gather(parts, x)
     return torch.cat(parts, dim=1)
