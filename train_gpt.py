@@ -8,9 +8,11 @@ One process, CPU included (float32 + gloo), e.g. the whole pipeline on the embed
 Evaluate an exported artifact again in a fresh process (its evaluation settings come with it):
     LOAD_ARTIFACT=logs/<run_id>.ptz python3 train_gpt.py
 
-Sections in the order a run happens: config -> runtime -> data and byte accounting -> model -> optimizer ->
-n-gram mixer -> training -> quantization and export -> evaluation -> run. Code budget: the packed script a record
-ships (pack_source) stays under 45,000 bytes (a test enforces it)."""
+Sections in dependency order, each using only those above it (a test checks): config -> runtime -> data and byte
+accounting -> model -> optimizer -> n-gram counts -> mixer and loss -> quantization and export -> evaluation ->
+training (it uses the two above: monitoring evals, GPTQ calibration) -> compliance -> run, whose main() reads in the
+order a run happens. Code budget: the packed script a record ships (pack_source) stays under 45,000 bytes (a test
+enforces it)."""
 
 from __future__ import annotations
 
@@ -49,7 +51,6 @@ from torch import Tensor, nn
 # Every knob is declared once below: env var, type, default, allowed range, one line of meaning. Defaults are the
 # submitted configuration; PRESET=smoke swaps in a tiny CPU run; explicitly set variables always win over a preset.
 # ----------------------------------------------------------------------------------------------------------------
-
 
 class UserError(Exception):
     """A mistake the user can fix (bad env value, missing shard, bad artifact): printed as one line, exit code 2."""
@@ -321,11 +322,9 @@ def help_table() -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # RUNTIME
 # One run context (ranks, device, logger, run id) built once and passed down. Decisions every rank must share come
-# from all-reduces (shared_elapsed_ms), so no rank stops or branches alone and leaves the others hanging.
+# from all-reduces (shared_elapsed_ms), so no rank stops or branches alone and leaves the others hanging; every
+# collective helper lives here. So does the code's byte count: the packed script a record ships.
 # ----------------------------------------------------------------------------------------------------------------
-
-LIMIT_TRAIN_SECONDS, LIMIT_EVAL_SECONDS, LIMIT_ARTIFACT_BYTES = 600.0, 600.0, 16_000_000
-
 
 class TrainingDiverged(Exception):
     pass
@@ -451,10 +450,83 @@ def shared_elapsed_ms(since: float, rt: Runtime) -> float:
     return t.item()
 
 
+def all_gather_padded(x: Tensor, fill: int) -> Tensor:
+    """all_gather of [rows, n_rank] tensors with a different n per rank, concatenated along dim 1, padded with fill
+    (gloo and NCCL both need equal shapes)."""
+    width = torch.tensor([x.size(1)], device=x.device)
+    widths = [torch.zeros_like(width) for _ in range(dist.get_world_size())]
+    dist.all_gather(widths, width)
+    pad = int(max(w.item() for w in widths))
+    x = F.pad(x, (0, pad - x.size(1)), value=fill)
+    parts = [torch.empty_like(x) for _ in widths]
+    dist.all_gather(parts, x)
+    return torch.cat(parts, dim=1)
+
+
+def sync_gradients(params: list[Tensor], world: int, average: bool = True) -> None:
+    """All-reduce gradients in one flat buffer (sum, or mean with average=True); missing grads count as zero."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if world == 1:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    if average:
+        flat /= world
+    offset = 0
+    for p in params:
+        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+        offset += p.numel()
+
+
+# The code counts toward the artifact too, as the record ships it: pack_source turns this readable file into a
+# self-extracting script (exec'd under the packed file's own name) that behaves identically. Measured on this file
+# (148,718 bytes): lzma + base85 52,845 bytes, brotli-11 + base85 50,907; without comments and docstrings (ast)
+# 37,020 and 35,643. So: the code without comments and function docstrings (the module docstring stays: --help
+# prints it), brotli-11, base85 (which never uses a quote). The header names the readable source's sha256.
+PACKED_MARKER = b"#!/usr/bin/env python3\n# train_gpt.py packed"
+
+
+def runnable_source(source: bytes) -> bytes:
+    """The code a packed script runs: the source re-printed by ast, without comments and function/class docstrings."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree).encode() + b"\n"
+
+
+@functools.lru_cache(maxsize=4)
+def pack_source(source: bytes) -> bytes:
+    import brotli
+    blob = base64.b85encode(brotli.compress(runnable_source(source), quality=11))
+    return (PACKED_MARKER + b" from source sha256:" + hashlib.sha256(source).hexdigest().encode() + b" (readable: "
+            b"train_gpt.unpack_source; comments and docstrings dropped)\nimport base64,brotli\n"
+            b"exec(compile(brotli.decompress(base64.b85decode(b'" + blob + b"')),__file__,'exec'))\n")
+
+
+def unpack_source(file_bytes: bytes) -> bytes:
+    """The code a packed script runs (runnable_source of its source); any other bytes come back unchanged."""
+    if not file_bytes.startswith(PACKED_MARKER):
+        return file_bytes
+    import brotli
+    return brotli.decompress(base64.b85decode(file_bytes.split(b"b85decode(b'", 1)[1].split(b"'", 1)[0]))
+
+
+def code_sizes() -> tuple[int, int]:
+    """(bytes of the packed script, which a record ships and the artifact counts; bytes of the file that runs)."""
+    code = Path(__file__).read_bytes()
+    return len(code if code.startswith(PACKED_MARKER) else pack_source(code)), len(code)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # DATA AND BYTE ACCOUNTING
 # The challenge's shard format, read by one checked reader (data/prepare.py imports it too), and the byte tables
-# that turn nats into bits per byte. Bytes come from the tokenizer's pieces, never from a fixed ratio.
+# that turn nats into bits per byte. Bytes come from the tokenizer's pieces, never from a fixed ratio. DataCheck
+# proves, before any clock, that the tokenizer and the shards are the ones provenance.json names.
 # ----------------------------------------------------------------------------------------------------------------
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
@@ -592,6 +664,17 @@ class TokenStream:
         return np.concatenate(parts)
 
 
+class RandomTokens:
+    """The TokenStream interface over random tokens: compile warm-up, timing and benchmarks need no data."""
+    offset, total = 0, 1 << 62
+
+    def __init__(self, vocab_size: int, seed: int):
+        self.vocab_size, self.gen = vocab_size, torch.Generator().manual_seed(seed)
+
+    def take(self, n: int) -> np.ndarray:
+        return torch.randint(0, self.vocab_size, (n,), generator=self.gen).numpy()
+
+
 def next_micro_batch(stream: TokenStream, global_tokens: int, seq_len: int, rank: int, world: int,
                      device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Inputs and targets [B, seq_len] for this rank's share of one global micro-batch of global_tokens tokens,
@@ -615,6 +698,61 @@ def load_validation_tokens(data_path: str, vocab_size: int) -> Tensor:
 def scored_part(val: Tensor, max_targets: int) -> Tensor:
     """The tokens an evaluation reads: all, or with EVAL_MAX_TOKENS > 0 the first max_targets targets."""
     return val[:max_targets + 1] if max_targets else val
+
+
+class DataCheck:
+    """The identity of a run's tokenizer and data. At start-up: shard headers, and the tokenizer must be the one
+    <DATA_PATH>/provenance.json (data/prepare.py) says made the shards. Rank 0 then reads every shard in a thread
+    hidden behind compile warm-up: its sha256 against provenance.json (any kind of data), its largest id against
+    VOCAB_SIZE; wait() joins it before a clock starts and stops every rank on a mismatch."""
+
+    def __init__(self, a, files: list[Path], byte_tables: ByteTables, rank: int):
+        for f in files:
+            if read_shard(f, mmap=True).size == 0:
+                raise UserError(f"{f}: empty shard (0 tokens); delete it or download it again")
+        self.path = Path(a.data_path) / "provenance.json"
+        self.record = json.loads(self.path.read_text()) if self.path.is_file() else None
+        made_with, tokenizer_sha = (self.record or {}).get("tokenizer", {}), file_sha256(a.tokenizer_path)
+        if self.record is not None and made_with.get("sha256") != tokenizer_sha:
+            raise UserError(f"TOKENIZER_PATH={a.tokenizer_path} is not the tokenizer DATA_PATH={a.data_path} was made "
+                            f"with ({self.path} names {made_with.get('path')}); set TOKENIZER_PATH to that file")
+        listed = json.dumps((self.record or {}).get("files"), sort_keys=True).encode()  # names, sizes and sha256
+        self.identity = dict(TOKENIZER_PATH=a.tokenizer_path, tokenizer_sha256=tokenizer_sha, byte_tables_sha256=
+                             byte_tables.sha256(), DATA_PATH=a.data_path, data_kind=(self.record or {}).get("kind"),
+                             data_files_sha256=hashlib.sha256(listed).hexdigest() if self.record else None)
+        self.files, self.vocab_size, self.problem = files, a.vocab_size, None
+        self.thread = threading.Thread(target=self._scan, args=(files if rank == 0 else [],), daemon=True)
+        self.thread.start()
+
+    def _scan(self, files: list[Path]) -> None:
+        listed = (self.record or {}).get("files", {})
+        try:
+            for f in files:
+                check_token_ids(read_shard(f, mmap=True), self.vocab_size, f)
+                if self.record is not None and listed.get(f.name, {}).get("sha256") != file_sha256(f):
+                    self.problem = (f"{f}: {'sha256 differs from' if f.name in listed else 'not listed in'} "
+                                    f"{self.path}; the shards changed since data/prepare.py wrote it: run it again "
+                                    "(or delete provenance.json to run on unverified data)")
+                    return
+        except Exception as e:  # stops the run where wait() is called, not silently with the thread
+            self.problem = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+
+    def wait(self, rt: Runtime) -> None:
+        self.thread.join()
+        box = [self.problem]
+        if rt.world > 1:
+            dist.broadcast_object_list(box, src=0)
+        if box[0]:
+            raise UserError(box[0])
+
+    def verdict(self) -> tuple[str, bool, int | None]:
+        """(what the data is, whether it is the challenge's FineWeb as recorded, val docs in train), after wait()."""
+        if self.record is None:
+            return "not the challenge's FineWeb: no provenance.json (shards not made by data/prepare.py fineweb)", False, None
+        overlap = self.record.get("val_docs_in_train")
+        if self.record.get("kind") != "fineweb":
+            return f"not the challenge's FineWeb: {self.record.get('kind')} data", False, overlap
+        return f"fineweb verified: {len(self.files)} files", True, overlap
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -857,6 +995,13 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
     return roles
 
 
+def build_model(cfg: ModelConfig, device) -> GPT:
+    model = GPT(cfg).to(device)
+    if device.type == "cuda":  # compile the transformer body; the n-gram work around it stays eager. Shapes that
+        model.hidden = torch.compile(model.hidden)  # vary (short first eval windows, last TTT slices) go dynamic
+    return model
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # OPTIMIZER
 # Muon (github.com/KellerJordan/Muon) for block matrices: orthogonalized momentum, each rank orthogonalizes its
@@ -982,18 +1127,16 @@ class WeightAverager:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# N-GRAM MIXER
+# N-GRAM COUNTS
 # Experts of orders 2..N predict the next token from counts. NGRAM_SCORING=normalized (default, valid): a context
 # is a 53-bit-class fingerprint of its k-1 tokens, a (context, token) pair is (fingerprint << vocab_bits) | token,
 # a bijection, and both live in hash maps that store and verify the full key. A context's count is *derived* from
 # the pair insertions that succeeded, so ctx[c] == sum_v pair[c, v] always: p_k(v) = pair[c, v] / ctx[c] is a
-# distribution over the whole vocabulary even when fingerprints collide or a table is full. Validity (count >=
-# NGRAM_MIN_COUNT), backoff, gate weights and the tilt's hint read the context only, so every head's distribution
-# sums to 1 and the target's probability is read off it. The seeds' hashed_target rule is kept apart, below.
+# distribution over the whole vocabulary even when fingerprints collide or a table is full. The seeds'
+# hashed_target rule is kept apart, below. Prefill counts training shards into a frozen oracle across ranks.
 # ----------------------------------------------------------------------------------------------------------------
 
 EMPTY_KEY = -1
-GATE_NEURAL_BIAS = 3.0  # the gate without a prior: the network's logit offset (weight ~0.8 against 6 orders)
 
 
 def _u64(x: int) -> int:
@@ -1409,17 +1552,15 @@ def stream_key_counts(cache: NgramCache, toks: Tensor, first: int) -> tuple[Tens
             torch.stack([F.pad(c, (0, width - c.numel()), value=EMPTY_KEY) for _, c in uniq]))
 
 
-def all_gather_padded(x: Tensor, fill: int) -> Tensor:
-    """all_gather of [rows, n_rank] tensors with a different n per rank, concatenated along dim 1, padded with fill
-    (gloo and NCCL both need equal shapes)."""
-    width = torch.tensor([x.size(1)], device=x.device)
-    widths = [torch.zeros_like(width) for _ in range(dist.get_world_size())]
-    dist.all_gather(widths, width)
-    pad = int(max(w.item() for w in widths))
-    x = F.pad(x, (0, pad - x.size(1)), value=fill)
-    parts = [torch.empty_like(x) for _ in widths]
-    dist.all_gather(parts, x)
-    return torch.cat(parts, dim=1)
+# ----------------------------------------------------------------------------------------------------------------
+# MIXER AND LOSS
+# A head weights the network and the n-gram experts into one distribution: entropy backoff, the token tilt, or the
+# learned gate; MixerConfig says which, and what each needs. Validity (count >= NGRAM_MIN_COUNT), backoff, gate
+# weights and the tilt's hint read the context only, so every head's distribution sums to 1 and the target's
+# probability is read off it. The training loss (CE, complementary weights, the gate's mixture loss) lives here.
+# ----------------------------------------------------------------------------------------------------------------
+
+GATE_NEURAL_BIAS = 3.0  # the gate without a prior: the network's logit offset (weight ~0.8 against 6 orders)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1466,6 +1607,11 @@ class MixerConfig:
     @property
     def learns_online(self) -> bool:  # the gate trains on each chunk once it is scored
         return self.uses_gate and self.online_lr > 0
+
+
+def new_cache(a, device, frozen: bool = False) -> NgramCache:
+    return make_cache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device,
+                      hints=MixerConfig.from_args(a).needs_hints and not frozen, frozen=frozen)
 
 
 def neural_entropy(neural_logp: Tensor) -> Tensor:
@@ -1588,10 +1734,689 @@ def loss_head(model: nn.Module, h: Tensor, y: Tensor, p: Tensor | None, valid: T
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# QUANTIZATION AND EXPORT
+# Per-row symmetric codes whose clip is k x std(row), k per role: the compressed size follows the codes' entropy,
+# about b - log2(k) + 0.5 log2(pi e / 2) bits per weight, so a wider clip means fewer bytes and more rounding error.
+# GPTQ (arXiv:2210.17323) rounds each matrix column by column and pushes every column's rounding error onto the
+# columns not yet rounded, through the inverse Hessian of the layer's inputs. The fit widens every clip by one
+# factor until code + model bytes are at most ARTIFACT_TARGET_BYTES. Codes are stored one per byte: an entropy
+# coder works on bytes: bench/quant_storage.py measures byte containers 0.03-0.04 bits over the codes' entropy under
+# brotli, dense bit-packing 0.5-0.8 bits per weight more. The artifact carries its evaluation settings and the
+# identity of the tokenizer and data it was made with, which LOAD_ARTIFACT checks.
+# ----------------------------------------------------------------------------------------------------------------
+
+GPTQ_DAMPING = 0.01  # of the mean diagonal of H, added to its diagonal: keeps the Cholesky factorization stable
+GPTQ_BLOCK = 128  # columns per lazy-update block
+FIT_MAX_WIDEN = 4.0  # the fit widens clips up to this factor over the QUANT_CLIP_* knobs
+
+
+def row_scales(w: Tensor, bits: int, k: float) -> Tensor:
+    """Per-row step (float32 holding the fp16 value stored) that puts the clip, qmax steps, at k row std devs."""
+    qmax = 2 ** (bits - 1) - 1
+    return (k * w.float().std(dim=1, correction=0) / qmax).clamp_min(1e-7).half().float()
+
+
+def quantize_matrix(w: Tensor, scale: Tensor, bits: int, H: Tensor | None = None) -> Tensor:
+    """int8 codes of w [rows, cols] at per-row steps `scale`: round to nearest when H is None, else GPTQ with the
+    input second moment H = X^T X [cols, cols]: damped, dead inputs zeroed, columns in decreasing diag(H) order,
+    blocks of GPTQ_BLOCK columns with lazy error feedback through the upper Cholesky factor of H^-1 (the OBS update)."""
+    qmax, w, s = 2 ** (bits - 1) - 1, w.float(), scale[:, None]
+    if H is None:
+        return (w / s).round().clamp(-qmax, qmax).to(torch.int8)
+    H, w = H.float().clone(), w.clone()
+    dead = H.diagonal() == 0  # inputs that were always zero: their weights never reach the output
+    H[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    order = torch.argsort(H.diagonal(), descending=True)
+    w, H, damp = w[:, order], H[order][:, order], GPTQ_DAMPING * H.diagonal().mean()
+    for _ in range(4):  # an H that is not positive definite enough: damp it harder; still failing: round
+        try:
+            U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H + damp * torch.eye(
+                H.size(0), device=H.device))), upper=True)
+            break
+        except torch.linalg.LinAlgError:
+            damp *= 10
+    else:
+        return quantize_matrix(w[:, torch.argsort(order)], scale, bits)
+    q = torch.zeros_like(w)
+    for i1 in range(0, w.size(1), GPTQ_BLOCK):
+        i2 = min(i1 + GPTQ_BLOCK, w.size(1))
+        block, err = w[:, i1:i2].clone(), torch.zeros(w.size(0), i2 - i1, device=w.device)
+        for i in range(i2 - i1):
+            q[:, i1 + i] = (block[:, i] / s[:, 0]).round().clamp(-qmax, qmax)
+            err[:, i] = (block[:, i] - q[:, i1 + i] * s[:, 0]) / U[i1 + i, i1 + i]
+            block[:, i:] -= err[:, i:i + 1] * U[i1 + i, i1 + i:i2]
+        w[:, i2:] -= err @ U[i1:i2, i2:]
+    return q[:, torch.argsort(order)].to(torch.int8)
+
+
+def quantized_roles(roles: dict[str, str], a) -> dict[str, tuple[int, float]]:
+    """{name: (bits, clip k)} of every tensor the export quantizes (the others are stored in fp16)."""
+    out = {}
+    for name, role in roles.items():
+        _, bits_knob, clip_knob = PARAMETER_ROLES[role]
+        if bits_knob:
+            out[name] = getattr(a, bits_knob), getattr(a, clip_knob)
+    return out
+
+
+def quant_tag(a) -> str:
+    """The matrices' bit widths for log labels: int6, or int5-6 when MLP and attention differ."""
+    return "int" + "-".join(str(b) for b in sorted({a.quant_bits, a.quant_mlp_bits}))
+
+
+def quantize_state(state: dict[str, Tensor], plan: dict[str, tuple[int, float]], widen: float = 1.0,
+                   hessians: dict[str, Tensor] | None = None) -> dict[str, dict]:
+    """Codes and fp16 scales for every tensor in plan (clip k x widen, GPTQ where a Hessian is given), fp16 values
+    for the rest."""
+    out = {}
+    for name, t in state.items():
+        if name in plan:
+            bits, k = plan[name]
+            scale = row_scales(t, bits, k * widen)
+            q = quantize_matrix(t, scale, bits, (hessians or {}).get(name))
+            out[name] = dict(q=q.cpu(), scale=scale.half().cpu(), bits=bits)
+        else:
+            out[name] = dict(value=t.detach().cpu().half() if t.is_floating_point() else t.detach().cpu())
+    return out
+
+
+def dequantize_state(qstate: dict[str, dict]) -> dict[str, Tensor]:
+    return {k: v["q"].float() * v["scale"].float()[:, None] if "q" in v else v["value"].float() for k, v in qstate.items()}
+
+
+def estimated_bytes(qstate: dict[str, dict]) -> float:
+    """What an entropy coder approaches: each tensor's code entropy plus the raw bytes of scales and fp16 values.
+    The fit calibrates it against one real compression; it costs a histogram, compression costs seconds."""
+    total = 0.0
+    for v in qstate.values():
+        if "q" not in v:
+            total += v["value"].numel() * v["value"].element_size()
+            continue
+        counts = torch.bincount(v["q"].flatten().long() + 128, minlength=256).double()
+        counts = counts[counts > 0]
+        total += -(counts * (counts / counts.sum()).log2()).sum().item() / 8 + v["scale"].numel() * 2
+    return total
+
+
+@torch.no_grad()
+def collect_hessians(model: GPT, plan: dict[str, tuple[int, float]], stream, n_tokens: int, a, rt) -> dict[str, Tensor]:
+    """H = X^T X [in, in] of the input of every planned matrix over n_tokens training tokens, split across ranks and
+    summed over them; the tied embedding gets the final hidden state's (its input as the output head). Runs the
+    eager body (hooks do not enter a compiled graph)."""
+    hessians: dict[str, Tensor] = {}
+
+    def accumulate(key: str, x: Tensor) -> None:
+        with torch.autocast(x.device.type, enabled=False):  # bf16 sums lose H's positive-definiteness
+            x = x.reshape(-1, x.size(-1)).float()
+            hessians[key] = hessians.get(key, 0) + x.T @ x
+    hooks = [m.register_forward_pre_hook(lambda mod, args, key=f"{name}.weight": accumulate(key, args[0]))
+             for name, m in model.named_modules() if isinstance(m, CastedLinear) and f"{name}.weight" in plan]
+    micro = a.train_batch_tokens // grad_accum_steps(a, rt.world)
+    model.eval()
+    try:
+        for _ in range(max(1, -(-n_tokens // micro))):
+            x, _, _ = next_micro_batch(stream, micro, a.train_seq_len, rt.rank, rt.world, rt.device)
+            with torch.autocast("cuda", torch.bfloat16, enabled=rt.device.type == "cuda"):
+                h = GPT.hidden(model, x)
+            if "tok_emb.weight" in plan:
+                accumulate("tok_emb.weight", h)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train()
+    for key in sorted(hessians):
+        if rt.world > 1:
+            dist.all_reduce(hessians[key])
+    return hessians
+
+
+class ExportDoesNotFit(UserError):
+    """Even the widest clips leave the artifact over ARTIFACT_TARGET_BYTES (checked at start-up, so rare here)."""
+
+
+def check_artifact_fits(model: GPT, plan: dict, a, rt: Runtime, code_bytes: int) -> None:
+    """Before any training: gaussian weights of the run's shapes at the widest clips the fit may use must fit
+    ARTIFACT_TARGET_BYTES, else no export could (trained weights, heavier-tailed, compress smaller at the same
+    std-relative clips). Logs the projection at the tightest clips too. An entropy estimate: no compression."""
+    gen = torch.Generator().manual_seed(0)
+    spread = {k: torch.randn(v.shape, generator=gen) * 0.02 for k, v in model.state_dict().items()
+              if v.is_floating_point()}
+    tight, wide = (estimated_bytes(quantize_state(spread, plan, w)) + code_bytes for w in (1.0, FIT_MAX_WIDEN))
+    rt.log(f"artifact_projection tightest:{tight:.0f} widest:{wide:.0f} target:{a.artifact_target_bytes} bytes "
+           "(gaussian weights of this shape)")
+    if wide > a.artifact_target_bytes:
+        raise ExportDoesNotFit(
+            f"even clips {FIT_MAX_WIDEN:g}x wider than QUANT_CLIP_* project to {wide:.0f} bytes > ARTIFACT_TARGET_BYTES="
+            f"{a.artifact_target_bytes}; lower QUANT_BITS/QUANT_MLP_BITS/QUANT_EMBED_BITS or shrink the model "
+            "(MODEL_DIM, MLP_MULT, NUM_KV_HEADS, NUM_LAYERS); bench/artifact_size.py projects any configuration")
+
+
+def fit_artifact(weights: dict[str, Tensor], plan, hessians, model_cfg: ModelConfig, a, code_bytes: int,
+                 settings: dict) -> tuple[bytes, dict]:
+    """The artifact with the tightest clips (smallest widening in [1, FIT_MAX_WIDEN]) whose code + model bytes fit
+    ARTIFACT_TARGET_BYTES, and the fit's choice (the export_fit line's fields). Candidates are chosen by bisection on an estimate (rounding's
+    code entropy, milliseconds) times the real/estimated ratio learned from each compressed candidate, so usually
+    one candidate is quantized with GPTQ and compressed, and a miss costs one more."""
+    t0, target, tries, ratio, widen = time.perf_counter(), a.artifact_target_bytes - code_bytes, 0, 1.0, 1.0
+    estimate = lambda w: estimated_bytes(quantize_state(weights, plan, w))
+    while True:
+        if estimate(widen) * ratio > target:
+            lo, hi = widen, FIT_MAX_WIDEN
+            if estimate(hi) * ratio > target:
+                lo = hi  # try the widest for real: a pessimistic estimate must not stop a run
+            while hi / lo > 1.005:
+                mid = math.sqrt(lo * hi)
+                lo, hi = (lo, mid) if estimate(mid) * ratio <= target else (mid, hi)
+            widen = hi
+        tries += 1
+        blob = serialize_artifact(quantize_state(weights, plan, widen, hessians), model_cfg, settings)
+        if len(blob) <= target:
+            break
+        if widen >= FIT_MAX_WIDEN:
+            raise ExportDoesNotFit(
+                f"export: even clips {FIT_MAX_WIDEN:g}x wider than QUANT_CLIP_* leave {len(blob) + code_bytes} bytes > "
+                f"ARTIFACT_TARGET_BYTES={a.artifact_target_bytes}; lower QUANT_BITS/QUANT_MLP_BITS/QUANT_EMBED_BITS "
+                f"or shrink the model (MODEL_DIM, MLP_MULT, NUM_KV_HEADS, NUM_LAYERS); bench/artifact_size.py projects any")
+        ratio = max(ratio * 1.002, len(blob) / estimate(widen))  # learned here; strictly growing, so it ends
+    return blob, dict(method=a.quant_method, k_attn=a.quant_clip_attn * widen, k_mlp=a.quant_clip_mlp * widen,
+                      k_embed=a.quant_clip_embed * widen, widen=widen, bytes=len(blob) + code_bytes,
+                      target=a.artifact_target_bytes, tries=tries, seconds=time.perf_counter() - t0, code=code_bytes)
+
+
+ARTIFACT_FORMAT = 4  # 4: settings["identity"] names the tokenizer and data it was made with (see DataCheck)
+
+
+def serialize_artifact(qstate: dict[str, dict], model_cfg: ModelConfig, settings: dict) -> bytes:
+    """[8-byte header length][torch.save of format, model config, eval settings, scales and fp16 tensors][every code
+    tensor's int8 bytes, in order], compressed with an integrity check (a flipped bit must fail to load, not evaluate
+    weights nobody trained). settings: the evaluation knobs LOAD_ARTIFACT reuses."""
+    meta = {k: {f: x for f, x in v.items() if f != "q"} | ({"shape": list(v["q"].shape)} if "q" in v else {})
+            for k, v in qstate.items()}
+    buf = io.BytesIO()
+    torch.save(dict(format=ARTIFACT_FORMAT, model_config=dataclasses.asdict(model_cfg), settings=settings,
+                    tensors=meta), buf)
+    codes = b"".join(v["q"].contiguous().numpy().tobytes() for v in qstate.values() if "q" in v)
+    head = buf.getvalue()
+    return compress(len(head).to_bytes(8, "little") + head + codes)
+
+
+COMPRESS_CHUNK = 1 << 21  # bytes of the stream per brotli call: a fixed size, so the artifact never depends on the machine
+
+
+def compress(data: bytes) -> bytes:
+    """brotli-11 over fixed chunks in parallel threads (it releases the GIL), then [crc32][n][n lengths][chunks].
+    bench/export_quality.py on trained GPTQ int6 codes: brotli-11 2.2% smaller than xz -9e, zstd-22 1.1%; within
+    0.8% of the codes' order-0 entropy."""
+    import brotli
+    parts = [data[i:i + COMPRESS_CHUNK] for i in range(0, len(data), COMPRESS_CHUNK)]
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        packed = list(pool.map(lambda part: brotli.compress(part, quality=11), parts))
+    return struct.pack(f"<II{len(packed)}I", zlib.crc32(data), len(packed), *map(len, packed)) + b"".join(packed)
+
+
+def decompress(blob: bytes) -> bytes:
+    import brotli
+    crc, n = struct.unpack_from("<II", blob)
+    offset, parts = 8 + 4 * n, []
+    for size in struct.unpack_from(f"<{n}I", blob, 8):
+        parts.append(brotli.decompress(blob[offset:offset + size]))
+        offset += size
+    data = b"".join(parts)
+    if offset != len(blob) or zlib.crc32(data) != crc:
+        raise ValueError("checksum or length mismatch")
+    return data
+
+
+def deserialize_artifact(blob: bytes, source: str) -> tuple[ModelConfig, dict[str, Tensor], dict]:
+    """Decompress and dequantize an artifact into (model config, float32 state dict, stored eval settings)."""
+    try:
+        raw = decompress(blob)
+        n = int.from_bytes(raw[:8], "little")
+        payload = torch.load(io.BytesIO(raw[8:8 + n]), weights_only=True, map_location="cpu")
+        if payload.get("format") != ARTIFACT_FORMAT:
+            raise ValueError(f"artifact format {payload.get('format')!r}, this script reads format {ARTIFACT_FORMAT}")
+        codes, offset = memoryview(raw), 8 + n
+        for v in payload["tensors"].values():
+            if "shape" in v:
+                size = math.prod(v["shape"])
+                v["q"] = torch.frombuffer(bytearray(codes[offset:offset + size]), dtype=torch.int8).view(v["shape"])
+                offset += size
+        if offset != len(raw):
+            raise ValueError(f"{len(raw) - offset} bytes left over after the last tensor")
+    except Exception as e:  # a truncated or foreign file: say which and why, not a pickle traceback
+        raise UserError(f"{source}: not a readable train_gpt.py artifact ({type(e).__name__}: {e})") from None
+    return ModelConfig(**payload["model_config"]), dequantize_state(payload["tensors"]), payload["settings"]
+
+
+def eval_settings(a) -> dict:
+    """The knobs an evaluation of this artifact needs (mixer, evaluation, TTT): stored in it for LOAD_ARTIFACT."""
+    groups = {"n-gram mixer", "evaluation", "test-time training"}
+    settings = {k.env: getattr(a, k.env.lower()) for title, group in KNOBS if title in groups for k in group}
+    return settings | {"EVAL_SEQ_LEN": a.eval_seq_len or a.train_seq_len,  # resolved: TRAIN_SEQ_LEN is not stored
+                       "QUANT_METHOD": a.quant_method, "QUANT_BITS": a.quant_bits, "QUANT_MLP_BITS": a.quant_mlp_bits}
+
+
+def export(weights: dict[str, Tensor], hessians, model_cfg: ModelConfig, plan: dict, a, rt: Runtime,
+           identity: dict) -> tuple[Path, int]:
+    """Fit, compress and write logs/<RUN_ID>.ptz (rank 0 writes; every rank computes the same blob, so no rank
+    waits on another's clip search), with the identity LOAD_ARTIFACT checks; returns (path, model bytes)."""
+    t0, (code_bytes, _) = time.perf_counter(), code_sizes()
+    path = Path("logs") / f"{rt.run_id}.ptz"
+    settings = eval_settings(a) | {"identity": identity}
+    blob, fit = fit_artifact(weights, plan, hessians, model_cfg, a, code_bytes, settings)
+    if rt.rank == 0:
+        path.write_bytes(blob)
+    if rt.world > 1:
+        dist.barrier()
+    rt.log(f"export_fit method:{fit['method']} k_attn:{fit['k_attn']:.2f} k_mlp:{fit['k_mlp']:.2f} "
+           f"k_embed:{fit['k_embed']:.2f} widen:{fit['widen']:.3f} bytes:{fit['bytes']} target:{fit['target']} "
+           f"tries:{fit['tries']} seconds:{fit['seconds']:.1f} code:{fit['code']}(packed)")
+    rt.summary["export"] = fit | dict(seconds=time.perf_counter() - t0,
+                                      bits=dict(attn=a.quant_bits, mlp=a.quant_mlp_bits, embed=a.quant_embed_bits))
+    rt.log(f"export_time:{time.perf_counter() - t0:.1f}s (after the training clock: uses no training data)")
+    return path, len(blob)
+
+
+def log_sizes(rt: Runtime, a, model_bytes: int) -> int:
+    """Log model, code and total bytes in the challenge's lines; returns the total (the artifact size)."""
+    code_bytes, source_bytes = code_sizes()
+    label = f"{a.quant_method}-{quant_tag(a)}+brotli"
+    rt.log(f"Serialized model {label}: {model_bytes} bytes")
+    rt.log(f"Code size: {code_bytes} bytes (the packed train_gpt.py a record ships; records/make_record.py writes it)")
+    rt.log(f"Source size: {source_bytes} bytes (train_gpt.py as it ran)")
+    rt.log(f"Total submission size {label}: {model_bytes + code_bytes} bytes")
+    rt.summary["bytes"] = dict(model=model_bytes, code=code_bytes, source=source_bytes, total=model_bytes + code_bytes)
+    return model_bytes + code_bytes
+
+
+def read_artifact(path: Path) -> tuple[ModelConfig, dict[str, Tensor], dict, float]:
+    """deserialize_artifact of a file, and the seconds that took (evaluation time, wherever it happens)."""
+    if not path.is_file():
+        raise UserError(f"LOAD_ARTIFACT={str(path)!r} does not exist")
+    t0 = time.perf_counter()
+    return *deserialize_artifact(path.read_bytes(), str(path)), time.perf_counter() - t0
+
+
+def check_artifact_identity(path: str, stored: dict, identity: dict, rt: Runtime) -> None:
+    """LOAD_ARTIFACT: another tokenizer (or byte accounting) than the artifact's is an error naming what to set.
+    Other text of its tokenizer is a fair measurement, but not of the split it was made with: a warning says so."""
+    made = stored["identity"]
+    if (made["tokenizer_sha256"], made["byte_tables_sha256"]) != (identity["tokenizer_sha256"],
+                                                                  identity["byte_tables_sha256"]):
+        raise UserError(f"LOAD_ARTIFACT={path} was made with TOKENIZER_PATH={made['TOKENIZER_PATH']} DATA_PATH="
+                        f"{made['DATA_PATH']}, but TOKENIZER_PATH={identity['TOKENIZER_PATH']} is another tokenizer "
+                        f"(sha256 {identity['tokenizer_sha256'][:12]}, not {made['tokenizer_sha256'][:12]}); set both")
+    if made["val_sha256"] != identity["val_sha256"]:
+        rt.log(f"WARNING DATA_PATH={identity['DATA_PATH']} is not the validation split {path} was made with "
+               f"(DATA_PATH={made['DATA_PATH']}, {made['data_kind'] or 'no provenance'}): its scores are on other text")
+
+
+def with_artifact_settings(a, stored: dict, rt: Runtime):
+    """a with the artifact's evaluation settings for every knob the environment did not set; logs which won."""
+    explicit = {k for k in os.environ if k in KNOB_BY_ENV}
+    use = {k: v for k, v in stored.items() if k in KNOB_BY_ENV and k not in explicit}
+    overridden = {k: getattr(a, k.lower()) for k in stored if k in explicit}
+    rt.log(f"artifact_settings used:{json.dumps(use, sort_keys=True)}", console=False)
+    rt.log(f"artifact_settings from_artifact:{len(use)} overridden:{json.dumps(overridden, sort_keys=True)}")
+    a = dataclasses.replace(a, **{k.lower(): v for k, v in use.items()})
+    check_knob_relations(a)
+    return a
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# EVALUATION
+# One scoring core for every number: windows of up to seq_len tokens, each scoring its last <= stride targets.
+# stride = seq_len is the plain full-sequence eval; a smaller stride is the sliding-window eval; the score-first
+# loop scores a chunk with the eval cache built from earlier chunks only, then counts the chunk into the cache,
+# then (TTT, the gate's online step) trains on it. Windows of a chunk are split across ranks; every rank counts
+# every chunk, so with W ranks the caches, and so the result, equal the one-rank run. evaluate_artifact runs every
+# pass a run reports on the exported artifact in a fresh model.
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Evaluator:
+    """What every scoring path shares (built once in main)."""
+    model: GPT
+    mixer: MixerConfig
+    byte_tables: ByteTables
+    tokens: Tensor  # validation stream on the device; targets are tokens[1:]
+    seq_len: int
+    batch_seqs: int
+    rank: int
+    world: int
+    log: object
+    record: list | None = None  # when a list, score_chunk appends (target positions, nll) for tests to inspect
+    gate_rows: list | None = None  # when a list, score_chunk keeps what the gate's online training needs (mixed_nll)
+
+    def autocast(self):
+        return torch.autocast("cuda", torch.bfloat16) if self.tokens.is_cuda else torch.autocast("cpu", enabled=False)
+
+
+def score_windows(t0: int, t1: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """(input start c, first target a, end b) per window: inputs tokens[c:b-1] predict targets [a, b), b-a <= stride,
+    so each target in [t0, t1) is scored exactly once with at least seq_len - stride tokens of context."""
+    return [(max(0, min(a + stride, t1) - 1 - seq_len), a, min(a + stride, t1)) for a in range(t0, t1, stride)]
+
+
+def batched_positions(ev: Evaluator, windows: list[tuple[int, int, int]]):
+    """Yield (target positions [n], hidden states [n, D]) for the scored targets of each batch of windows."""
+    i = 0
+    while i < len(windows):
+        length = windows[i][2] - 1 - windows[i][0]
+        j = i
+        while j < len(windows) and j - i < ev.batch_seqs and windows[j][2] - 1 - windows[j][0] == length:
+            j += 1
+        batch = windows[i:j]
+        x = torch.stack([ev.tokens[c:b - 1] for c, _, b in batch])
+        with ev.autocast():
+            h = ev.model.hidden(x)
+        rows = torch.cat([torch.full((b - a,), w) for w, (_, a, b) in enumerate(batch)]).to(x.device)
+        cols = torch.cat([torch.arange(a - c - 1, b - c - 1) for c, a, b in batch]).to(x.device)
+        idx = torch.cat([torch.arange(a, b) for _, a, b in batch]).to(x.device)
+        yield idx, h[rows, cols]
+        i = j
+
+
+def score_chunk(ev: Evaluator, cache: NgramCache | None, t0: int, t1: int, stride: int) -> Tensor:
+    """Score targets [t0, t1) on this rank's share of the windows; returns float64 [nll sum, bytes, count] summed
+    over ranks. Reads the cache, never writes it."""
+    windows = score_windows(t0, t1, ev.seq_len, stride)
+    lo, hi = len(windows) * ev.rank // ev.world, len(windows) * (ev.rank + 1) // ev.world
+    sums = torch.zeros(3, dtype=torch.float64, device=ev.tokens.device)
+    with torch.no_grad():
+        for idx, h in batched_positions(ev, windows[lo:hi]):
+            with ev.autocast():
+                logits = ev.model.logits(h)
+            nll, _ = mixed_nll(ev.mixer, logits, h, cache, ev.tokens, idx, ev.tokens[idx],
+                               getattr(ev.model, "mixer_gate", None), ev.gate_rows)
+            if ev.record is not None:
+                ev.record.append((idx.cpu(), nll.cpu()))
+            sums += torch.stack([nll.double().sum(), ev.byte_tables.target_bytes(ev.tokens[idx - 1], ev.tokens[idx])
+                                 .double().sum(), torch.tensor(float(idx.numel()), device=sums.device)])
+    if ev.world > 1:
+        dist.all_reduce(sums)
+    return sums
+
+
+def add_chunk_to_cache(cache: NgramCache, tokens: Tensor, t0: int, t1: int) -> None:
+    """Count the (context, target) pairs of targets [t0, t1): called only after they were scored."""
+    idx = torch.arange(t0, t1, device=tokens.device)
+    cache.add(target_keys(cache, tokens, idx, tokens[idx]))
+
+
+def ttt_parameters(model: GPT, a) -> list[Tensor]:
+    """TTT_PARAMS=all: everything outside the first TTT_FREEZE_BLOCKS blocks; q: their query projections only."""
+    blocks = model.blocks[a.ttt_freeze_blocks:]
+    if a.ttt_params == "q":
+        return [b.attn.q.weight for b in blocks]
+    frozen = {id(p) for b in model.blocks[:a.ttt_freeze_blocks] for p in b.parameters()}
+    return [p for p in model.parameters() if id(p) not in frozen]
+
+
+def build_ttt_optimizer(params: list[Tensor], a) -> torch.optim.Optimizer:
+    if a.ttt_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=a.ttt_lr, momentum=a.ttt_momentum)
+    return torch.optim.AdamW(params, lr=a.ttt_lr, betas=(a.ttt_momentum, 0.999), weight_decay=0.0)
+
+
+def ttt_on_chunk(ev: Evaluator, opt: torch.optim.Optimizer, params: list[Tensor], t0: int, t1: int, a) -> None:
+    """Train on targets [t0, t1), all already scored. A global batch of TTT_BATCH_SEQS sequences is split across
+    ranks and the loss is normalized by the global token count, so gradients (summed over ranks) match one rank."""
+    starts = list(range(t0 - 1, t1 - 1, ev.seq_len))
+    for _ in range(a.ttt_epochs):
+        for g in range(0, len(starts), a.ttt_batch_seqs):
+            group = [(s, min(s + ev.seq_len, t1 - 1)) for s in starts[g:g + a.ttt_batch_seqs]]
+            total = sum(e - s for s, e in group)
+            opt.zero_grad(set_to_none=False)
+            for s, e in group[ev.rank::ev.world]:
+                with ev.autocast():
+                    logits, _ = ev.model(ev.tokens[s:e][None])
+                F.cross_entropy(logits[0].float(), ev.tokens[s + 1:e + 1], reduction="sum").div(total).backward()
+            sync_gradients(params, ev.world, average=False)
+            if a.ttt_grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, a.ttt_grad_clip)
+            opt.step()
+
+
+def gate_on_chunk(ev: Evaluator, opt: torch.optim.Optimizer, steps: int = 10) -> None:  # 10 steps at LR 0.01: README
+    """Train the learned gate on the chunk just scored (C3): its mixture NLL over the rows score_chunk kept, i.e.
+    the gate inputs and expert probabilities those positions were scored with (the cache before the chunk was
+    counted, so no position sees its own count). Loss normalized by the global row count, gradients summed over
+    ranks, so W ranks take the one-rank step (a rank without rows still joins the all-reduces)."""
+    rows, gate = ev.gate_rows, ev.model.mixer_gate
+    n = torch.tensor([float(sum(r[3].numel() for r in rows))], device=ev.tokens.device)
+    if ev.world > 1:
+        dist.all_reduce(n)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=False)
+        loss = sum((-mixture_log_prob(mixture_log_weights(ev.mixer, gate(x), valid, e), lp, p).sum()
+                    for x, p, valid, lp, e in rows), 0 * gate.bias.sum())
+        (loss / n.clamp_min(1)).backward()
+        sync_gradients(list(gate.parameters()), ev.world, average=False)
+        opt.step()
+    rows.clear()
+
+
+FINEWEB_VAL_TARGETS = 62_000_000  # about the targets of the challenge's validation split (50,000 documents)
+
+
+@dataclasses.dataclass
+class EvalResult:
+    label: str
+    val_loss: float
+    val_bpb: float
+    seconds: float
+    projection_s: float  # this pass on the full FineWeb validation split on 8 GPUs, at the measured rate
+    chunks: list[list[float]]  # per chunk: [nll sum, bytes, targets]
+    audit: str = ""  # the ngram_audit line, when positions were audited
+
+
+def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: NgramCache | None = None,
+             ttt=None, max_seconds: float = 0.0, audit: list[int] = (), gate_step=None) -> EvalResult:
+    """Score every validation target once, chunk by chunk: score, then count the chunk into the cache, then TTT
+    (ttt(t0, t1) trains on the chunk just scored; gate_step() trains the gate on it). Targets in audit are also
+    audited (audit_windows) in between scoring and counting, so the audit sees the very cache and weights that
+    scored them."""
+    t_start, n_targets = time.perf_counter(), ev.tokens.numel() - 1
+    bounds = list(range(1, n_targets + 1, chunk_tokens))
+    totals, chunks, warned, last_log, serial_s, audit_s = torch.zeros(3, dtype=torch.float64), [], False, t_start, 0.0, 0.0
+    audit_sums, independent = [], True
+    ev.model.eval()
+    ev.gate_rows = [] if gate_step is not None and cache is not None else None
+    for i, t0 in enumerate(bounds):
+        t1 = min(t0 + chunk_tokens, n_targets + 1)
+        sums = score_chunk(ev, cache, t0, t1, stride).cpu()
+        if cache is not None and any(t0 <= j < t1 for j in audit):
+            windows = [(c, j, j + 1) for j in audit if t0 <= j < t1  # the window that scored j, cut after j
+                       for c, a, b in score_windows(t0, t1, ev.seq_len, stride) if a <= j < b]
+            t_audit = time.perf_counter()
+            chunk_sums, chunk_independent = audit_windows(ev, cache, windows)
+            audit_s += time.perf_counter() - t_audit
+            audit_sums, independent = audit_sums + chunk_sums, independent and chunk_independent
+        if cache is not None:
+            t_add = time.perf_counter()  # every rank counts every chunk: that time does not shrink with ranks
+            add_chunk_to_cache(cache, ev.tokens, t0, t1)
+            serial_s += time.perf_counter() - t_add
+        if ev.gate_rows is not None and t1 <= n_targets:
+            gate_step()
+        if ttt is not None and t1 <= n_targets:  # nothing left to adapt for after the last chunk
+            ev.model.train()
+            ttt(t0, t1)
+            ev.model.eval()
+        totals += sums
+        chunks.append(sums.tolist())
+        now = time.perf_counter()
+        elapsed, projected = now - t_start, (now - t_start) * n_targets / totals[2].item()
+        if max_seconds and not warned and i >= 1 and projected > max_seconds:
+            ev.log(f"eval_warning label:{label} projected:{projected:.0f}s exceeds EVAL_MAX_SECONDS={max_seconds:g} "
+                   f"after {i + 1}/{len(bounds)} chunks")
+            warned = True
+        if now - last_log >= 10 or i + 1 == len(bounds):  # every pass over 10 s says how far it is
+            ev.log(f"eval_progress label:{label} chunk:{i + 1}/{len(bounds)} scored:{int(totals[2])} "
+                   f"running_bpb:{bits_per_byte(totals):.4f} elapsed:{elapsed:.1f}s eta:{projected - elapsed:.1f}s")
+            last_log = now
+    if int(totals[2]) != n_targets:
+        raise RuntimeError(f"{label}: scored {int(totals[2])} targets, expected {n_targets}")
+    seconds = time.perf_counter() - t_start
+    projection = full_split_projection(seconds, serial_s, audit_s, ev.world, n_targets)
+    ev.log(f"eval_scored label:{label} targets:{int(totals[2])} expected:{n_targets} seconds:{seconds:.1f} "
+           + (f"full_fineweb_8gpu_projection:{projection:.0f}s" if ev.tokens.is_cuda else
+              f"full_fineweb_cpu_projection:{projection:.0f}s (at this CPU's rate: says nothing about GPUs)"))
+    line = ""
+    if audit_sums:
+        err = torch.tensor(audit_sums, dtype=torch.float64)
+        line = (f"ngram_audit positions:{err.numel()} max_abs_sum_err:{(err - 1).abs().max().item():.3e} "
+                f"mean_sum:{err.mean().item():.6f} target_independent:{'yes' if independent else 'no'}")
+    return EvalResult(label, totals[0].item() / totals[2].item(), bits_per_byte(totals), seconds, projection, chunks, line)
+
+
+def full_split_projection(seconds: float, serial_s: float, audit_s: float, world: int, n_targets: int) -> float:
+    """Seconds of this pass on the full FineWeb validation split on 8 ranks: the ranks' share of the work scales
+    with the targets and divides by 8; counting chunks into the cache (serial_s) scales but every rank does it all;
+    the audit (audit_s) is NGRAM_AUDIT_POSITIONS positions whatever the split, so it neither scales nor divides."""
+    shared = (seconds - serial_s - audit_s) * world / 8
+    return (shared + serial_s) * FINEWEB_VAL_TARGETS / n_targets + audit_s
+
+
+def bits_per_byte(sums: Tensor) -> float:
+    """(sum of nats / ln 2) / (sum of target bytes)."""
+    return sums[0].item() / math.log(2) / max(sums[1].item(), 1.0)
+
+
+def target_independent(log_w: Tensor) -> bool:
+    """Whether the weights [k, V] the audit got for each of V targets are one column repeated, up to float32
+    rounding: at vocabulary sizes that are not a multiple of the SIMD width, the last columns take a scalar exp
+    and differ by a few ulp. A weight that read the target (a mask or backoff choice) differs by far more."""
+    return bool(torch.isclose(log_w, log_w[:, :1], rtol=1e-5, atol=1e-6).all())
+
+
+def audit_windows(ev: Evaluator, cache: NgramCache, windows: list[tuple[int, int, int]]) -> tuple[list[float], bool]:
+    """Enumerate every vocabulary token as the target of each one-target window, through the scoring code itself
+    (one mixed_nll call per position, all tokens at once): (sum over the vocabulary of p_mix per position, whether
+    every weight, mask and backoff choice stayed the same for every token) (C1, C2)."""
+    every = torch.arange(ev.model.c.vocab_size, device=ev.tokens.device)
+    sums, independent = [], True
+    with torch.no_grad():
+        for pos, h in batched_positions(ev, windows):
+            with ev.autocast():
+                logits = ev.model.logits(h)
+            for j in range(pos.numel()):
+                rows = lambda t: t[j:j + 1].expand(every.numel(), *t.shape[1:])
+                nll, log_w = mixed_nll(ev.mixer, rows(logits), rows(h), cache, ev.tokens, rows(pos), every,
+                                       getattr(ev.model, "mixer_gate", None))
+                sums.append((-nll.double()).exp().sum().item())
+                independent = independent and target_independent(log_w)
+    return sums, independent
+
+
+def warm_up_eval(model: GPT, a, rt: Runtime, byte_tables: ByteTables) -> None:
+    """Run every evaluation shape (short first windows, full batches, the mixer, a TTT step) on random tokens and
+    random weights, so torch.compile's work happens before the evaluation clock, as training's warm-up does."""
+    tokens = torch.from_numpy(RandomTokens(a.vocab_size, a.seed).take(min(2 * a.eval_chunk_tokens, 1 << 17) + 1))
+    ev = Evaluator(model, MixerConfig.from_args(a), byte_tables, tokens.long().to(rt.device),
+                   a.eval_seq_len or a.train_seq_len, a.eval_batch_seqs, rt.rank, rt.world, lambda msg: None)
+    cache = new_cache(a, rt.device) if ev.mixer.uses_cache else None
+    evaluate(ev, "warmup", ev.seq_len, a.eval_chunk_tokens)  # the round-trip pass's shapes
+    audit = list(range(1, tokens.numel() - 1, max(1, tokens.numel() // max(a.ngram_audit_positions, 1))))
+    evaluate(ev, "warmup", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a),  # then the gate's:
+             audit=audit[:a.ngram_audit_positions] if cache is not None else [], gate_step=score_first_gate(ev))
+
+
+def score_first_ttt(ev, a):
+    """ttt(t0, t1) for evaluate(): TTT_EPOCHS on each scored chunk with the run's parameter subset, or None.
+    Legal score-first TTT: PR #461 (@Christopher-Lee-McClendon); some records credit PR #77 (@samacqua)."""
+    if not a.ttt_epochs:
+        return None
+    params = ttt_parameters(ev.model, a)
+    keep = {id(p) for p in params}
+    for p in ev.model.parameters():
+        p.requires_grad_(id(p) in keep)
+    opt = build_ttt_optimizer(params, a)
+    return lambda t0, t1: ttt_on_chunk(ev, opt, params, t0, t1, a)
+
+
+def score_first_gate(ev):
+    """gate_step() for evaluate(): the learned gate's online training (MIXER_ONLINE_LR), or None."""
+    if not ev.mixer.learns_online:
+        return None
+    opt = torch.optim.Adam(ev.model.mixer_gate.requires_grad_(True).parameters(), lr=ev.mixer.online_lr)
+    return lambda: gate_on_chunk(ev, opt)
+
+
+def build_eval_cache(a, rt: Runtime, oracle: NgramCache | None) -> NgramCache:
+    """Empty (validation history only) or, with NGRAM_EVAL_PREFILL=train, counted from training data."""
+    if a.ngram_eval_prefill == "train" and oracle is not None and not MixerConfig.from_args(a).needs_hints:
+        cache = oracle.clone()  # (frozen: the oracle keeps no hints)
+    else:
+        cache = new_cache(a, rt.device)
+        if a.ngram_eval_prefill == "train":
+            prefill_ngram_cache(cache, list_shards(a.data_path, "train"), a.ngram_prefill_tokens, a.vocab_size, rt)
+    rt.log(f"ngram_eval_cache prefill:{a.ngram_eval_prefill} orders:2..{a.ngram_max_order} buckets:{a.ngram_buckets} "
+           f"scoring:{a.ngram_scoring} bytes:{cache.nbytes()}")
+    return cache
+
+
+def log_metric(rt: Runtime, name: str, res: EvalResult, suffix: str = "") -> None:
+    """The challenge's two lines, and the pass's entry in the summary's scores (keyed by the pass's label)."""
+    rt.log(f"{name} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f}{suffix} eval_time:{res.seconds * 1000:.0f}ms")
+    rt.log(f"{name}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}{suffix}")
+    rt.summary.setdefault("scores", {})[res.label] = dict(val_loss=res.val_loss, val_bpb=res.val_bpb,
+                                                          seconds=res.seconds, projection_8gpu_s=res.projection_s)
+
+
+def evaluate_artifact(path: Path, artifact: tuple, a, rt: Runtime, byte_tables: ByteTables, val: Tensor,
+                      oracle: NgramCache | None) -> dict:
+    """Load read_artifact(path) into a fresh model and produce every reported number; returns the compliance inputs.
+    Evaluation time: reading the artifact and every pass below; compilation happens before it on random tokens."""
+    model_cfg, state, stored, load_s = artifact
+    a = with_artifact_settings(a, stored, rt)
+    mixer = MixerConfig.from_args(a)
+    if mixer.uses_gate and model_cfg.gate_outputs != a.ngram_max_order:
+        raise UserError(f"{path} has a gate for {model_cfg.gate_outputs} experts but MIXER_HEAD=multi with NGRAM_MAX_ORDER="
+                        f"{a.ngram_max_order} needs {a.ngram_max_order}; use the order it was trained with, or another head")
+    seq_len = a.eval_seq_len or a.train_seq_len
+    if seq_len > model_cfg.max_seq_len:
+        raise UserError(f"EVAL_SEQ_LEN={seq_len} exceeds the {model_cfg.max_seq_len} positions {path} was built for; "
+                        f"retrain with EVAL_SEQ_LEN set, or evaluate with EVAL_SEQ_LEN<={model_cfg.max_seq_len}")
+    model = build_model(model_cfg, rt.device)
+    warm_up_eval(model, a, rt, byte_tables)
+    t_start = time.perf_counter() - load_s
+    model.load_state_dict(state)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    val = scored_part(val, a.eval_max_tokens)
+    ev = Evaluator(model, mixer, byte_tables, val.to(rt.device), seq_len, a.eval_batch_seqs, rt.rank, rt.world, rt.log)
+    tag = quant_tag(a)  # the artifact's bit widths (stored with its settings)
+    roundtrip = evaluate(ev, "roundtrip", seq_len, a.eval_chunk_tokens)
+    log_metric(rt, f"final_{tag}_roundtrip", roundtrip)
+    res = evaluate(ev, "sliding", a.eval_stride, a.eval_chunk_tokens)
+    log_metric(rt, f"final_{tag}_sliding_window", res, f" stride:{a.eval_stride}")
+    cache = build_eval_cache(a, rt, oracle) if mixer.uses_cache else None
+    n_targets = val.numel() - 1  # audited targets: a fixed random sample, spread over the whole pass
+    audit = (torch.randperm(n_targets, generator=torch.Generator().manual_seed(a.seed))[:a.ngram_audit_positions]
+             + 1).sort().values.tolist() if cache is not None else []
+    res = evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a),
+                   a.eval_max_seconds, audit, score_first_gate(ev))  # in this order: the gate's re-enables its grads
+    eval_s = time.perf_counter() - t_start
+    log_metric(rt, "legal_ttt", res)
+    if rt.rank == 0:
+        Path("logs", f"{rt.run_id}.chunks.json").write_text(json.dumps(res.chunks))
+    if res.audit:
+        rt.log(res.audit)
+        rt.summary["audit"] = {k: v if v in ("yes", "no") else json.loads(v) for k, v in
+                               (field.split(":", 1) for field in res.audit.split()[1:])}
+    return dict(eval_seconds=eval_s, roundtrip=roundtrip, result=res, scored_targets=int(sum(c[2] for c in res.chunks)),
+                a=a)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # TRAINING
-# Before the clock: compile on dummy tokens, restore the initial state, time one calibration batch. On the clock:
-# the oracle prefill, the training loop, then the GPTQ calibration pass (the one export step that reads training
-# data). One Schedule turns the budget used so far into the LR, the Muon momentum and the SWA switch.
+# Below evaluation and export because it uses both: monitoring evals and GPTQ's calibration pass. Before the clock:
+# compile on dummy tokens, restore the initial state, time one eager batch. On the clock: the oracle prefill, the
+# training loop, the choice of final weights on held-back training tokens, then the GPTQ calibration pass (the
+# export's one read of training data). One Schedule turns the budget used so far into the LR, the Muon momentum and
+# the SWA switch.
 # ----------------------------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -1616,22 +2441,6 @@ class Schedule:
         a = self.a
         ramp = min(1.0, progress / a.muon_momentum_warmup_frac) if a.muon_momentum_warmup_frac else 1.0
         return a.muon_momentum_warmup_start + (a.muon_momentum - a.muon_momentum_warmup_start) * ramp
-
-
-def new_cache(a, device, frozen: bool = False) -> NgramCache:
-    return make_cache(a.ngram_max_order, a.ngram_buckets, a.vocab_size, a.ngram_scoring, a.ngram_min_count, device,
-                      hints=MixerConfig.from_args(a).needs_hints and not frozen, frozen=frozen)
-
-
-class RandomTokens:
-    """The TokenStream interface over random tokens: compile warm-up, timing and benchmarks need no data."""
-    offset, total = 0, 1 << 62
-
-    def __init__(self, vocab_size: int, seed: int):
-        self.vocab_size, self.gen = vocab_size, torch.Generator().manual_seed(seed)
-
-    def take(self, n: int) -> np.ndarray:
-        return torch.randint(0, self.vocab_size, (n,), generator=self.gen).numpy()
 
 
 class BatchLoader:
@@ -1769,23 +2578,6 @@ def choose_final_weights(model: GPT, averager: WeightAverager, stream, a, rt: Ru
                 tokens=len(batches) * micro)
 
 
-def check_artifact_fits(model: GPT, plan: dict, a, rt: Runtime, code_bytes: int) -> None:
-    """Before any training: gaussian weights of the run's shapes at the widest clips the fit may use must fit
-    ARTIFACT_TARGET_BYTES, else no export could (trained weights, heavier-tailed, compress smaller at the same
-    std-relative clips). Logs the projection at the tightest clips too. An entropy estimate: no compression."""
-    gen = torch.Generator().manual_seed(0)
-    spread = {k: torch.randn(v.shape, generator=gen) * 0.02 for k, v in model.state_dict().items()
-              if v.is_floating_point()}
-    tight, wide = (estimated_bytes(quantize_state(spread, plan, w)) + code_bytes for w in (1.0, FIT_MAX_WIDEN))
-    rt.log(f"artifact_projection tightest:{tight:.0f} widest:{wide:.0f} target:{a.artifact_target_bytes} bytes "
-           "(gaussian weights of this shape)")
-    if wide > a.artifact_target_bytes:
-        raise ExportDoesNotFit(
-            f"even clips {FIT_MAX_WIDEN:g}x wider than QUANT_CLIP_* project to {wide:.0f} bytes > ARTIFACT_TARGET_BYTES="
-            f"{a.artifact_target_bytes}; lower QUANT_BITS/QUANT_MLP_BITS/QUANT_EMBED_BITS or shrink the model "
-            "(MODEL_DIM, MLP_MULT, NUM_KV_HEADS, NUM_LAYERS); bench/artifact_size.py projects any configuration")
-
-
 def train(tr: Trainer, ev, plan: dict, data_check=None) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, float]:
     """Warm-up, data_check.wait(), then on the clock: oracle prefill, the training loop and the GPTQ calibration pass.
     Returns (the weights to export, loaded into the model; their Hessians or None; seconds on the clock)."""
@@ -1867,788 +2659,13 @@ def train(tr: Trainer, ev, plan: dict, data_check=None) -> tuple[dict[str, Tenso
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# QUANTIZATION AND EXPORT
-# Per-row symmetric codes whose clip is k x std(row), k per role: the compressed size follows the codes' entropy,
-# about b - log2(k) + 0.5 log2(pi e / 2) bits per weight, so a wider clip means fewer bytes and more rounding error.
-# GPTQ (arXiv:2210.17323) rounds each matrix column by column and pushes every column's rounding error onto the
-# columns not yet rounded, through the inverse Hessian of the layer's inputs. The fit widens every clip by one
-# factor until code + model bytes are at most ARTIFACT_TARGET_BYTES. Codes are stored one per byte: an entropy
-# coder works on bytes: bench/quant_storage.py measures byte containers 0.03-0.04 bits over the codes' entropy under
-# brotli, dense bit-packing 0.5-0.8 bits per weight more.
+# COMPLIANCE
+# The challenge's limits and what a reviewer checks, each verdict from a measurement (SKIP when not measured, never
+# PASS); the result line; the run's summary, which records/make_record.py (it mirrors these checks for a records
+# folder), the benches and the tests read.
 # ----------------------------------------------------------------------------------------------------------------
 
-GPTQ_DAMPING = 0.01  # of the mean diagonal of H, added to its diagonal: keeps the Cholesky factorization stable
-GPTQ_BLOCK = 128  # columns per lazy-update block
-FIT_MAX_WIDEN = 4.0  # the fit widens clips up to this factor over the QUANT_CLIP_* knobs
-
-
-def row_scales(w: Tensor, bits: int, k: float) -> Tensor:
-    """Per-row step (float32 holding the fp16 value stored) that puts the clip, qmax steps, at k row std devs."""
-    qmax = 2 ** (bits - 1) - 1
-    return (k * w.float().std(dim=1, correction=0) / qmax).clamp_min(1e-7).half().float()
-
-
-def quantize_matrix(w: Tensor, scale: Tensor, bits: int, H: Tensor | None = None) -> Tensor:
-    """int8 codes of w [rows, cols] at per-row steps `scale`: round to nearest when H is None, else GPTQ with the
-    input second moment H = X^T X [cols, cols]: damped, dead inputs zeroed, columns in decreasing diag(H) order,
-    blocks of GPTQ_BLOCK columns with lazy error feedback through the upper Cholesky factor of H^-1 (the OBS update)."""
-    qmax, w, s = 2 ** (bits - 1) - 1, w.float(), scale[:, None]
-    if H is None:
-        return (w / s).round().clamp(-qmax, qmax).to(torch.int8)
-    H, w = H.float().clone(), w.clone()
-    dead = H.diagonal() == 0  # inputs that were always zero: their weights never reach the output
-    H[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    order = torch.argsort(H.diagonal(), descending=True)
-    w, H, damp = w[:, order], H[order][:, order], GPTQ_DAMPING * H.diagonal().mean()
-    for _ in range(4):  # an H that is not positive definite enough: damp it harder; still failing: round
-        try:
-            U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H + damp * torch.eye(
-                H.size(0), device=H.device))), upper=True)
-            break
-        except torch.linalg.LinAlgError:
-            damp *= 10
-    else:
-        return quantize_matrix(w[:, torch.argsort(order)], scale, bits)
-    q = torch.zeros_like(w)
-    for i1 in range(0, w.size(1), GPTQ_BLOCK):
-        i2 = min(i1 + GPTQ_BLOCK, w.size(1))
-        block, err = w[:, i1:i2].clone(), torch.zeros(w.size(0), i2 - i1, device=w.device)
-        for i in range(i2 - i1):
-            q[:, i1 + i] = (block[:, i] / s[:, 0]).round().clamp(-qmax, qmax)
-            err[:, i] = (block[:, i] - q[:, i1 + i] * s[:, 0]) / U[i1 + i, i1 + i]
-            block[:, i:] -= err[:, i:i + 1] * U[i1 + i, i1 + i:i2]
-        w[:, i2:] -= err @ U[i1:i2, i2:]
-    return q[:, torch.argsort(order)].to(torch.int8)
-
-
-def quantized_roles(roles: dict[str, str], a) -> dict[str, tuple[int, float]]:
-    """{name: (bits, clip k)} of every tensor the export quantizes (the others are stored in fp16)."""
-    out = {}
-    for name, role in roles.items():
-        _, bits_knob, clip_knob = PARAMETER_ROLES[role]
-        if bits_knob:
-            out[name] = getattr(a, bits_knob), getattr(a, clip_knob)
-    return out
-
-
-def quant_tag(a) -> str:
-    """The matrices' bit widths for log labels: int6, or int5-6 when MLP and attention differ."""
-    return "int" + "-".join(str(b) for b in sorted({a.quant_bits, a.quant_mlp_bits}))
-
-
-def quantize_state(state: dict[str, Tensor], plan: dict[str, tuple[int, float]], widen: float = 1.0,
-                   hessians: dict[str, Tensor] | None = None) -> dict[str, dict]:
-    """Codes and fp16 scales for every tensor in plan (clip k x widen, GPTQ where a Hessian is given), fp16 values
-    for the rest."""
-    out = {}
-    for name, t in state.items():
-        if name in plan:
-            bits, k = plan[name]
-            scale = row_scales(t, bits, k * widen)
-            q = quantize_matrix(t, scale, bits, (hessians or {}).get(name))
-            out[name] = dict(q=q.cpu(), scale=scale.half().cpu(), bits=bits)
-        else:
-            out[name] = dict(value=t.detach().cpu().half() if t.is_floating_point() else t.detach().cpu())
-    return out
-
-
-def dequantize_state(qstate: dict[str, dict]) -> dict[str, Tensor]:
-    return {k: v["q"].float() * v["scale"].float()[:, None] if "q" in v else v["value"].float() for k, v in qstate.items()}
-
-
-def estimated_bytes(qstate: dict[str, dict]) -> float:
-    """What an entropy coder approaches: each tensor's code entropy plus the raw bytes of scales and fp16 values.
-    The fit calibrates it against one real compression; it costs a histogram, compression costs seconds."""
-    total = 0.0
-    for v in qstate.values():
-        if "q" not in v:
-            total += v["value"].numel() * v["value"].element_size()
-            continue
-        counts = torch.bincount(v["q"].flatten().long() + 128, minlength=256).double()
-        counts = counts[counts > 0]
-        total += -(counts * (counts / counts.sum()).log2()).sum().item() / 8 + v["scale"].numel() * 2
-    return total
-
-
-@torch.no_grad()
-def collect_hessians(model: GPT, plan: dict[str, tuple[int, float]], stream, n_tokens: int, a, rt) -> dict[str, Tensor]:
-    """H = X^T X [in, in] of the input of every planned matrix over n_tokens training tokens, split across ranks and
-    summed over them; the tied embedding gets the final hidden state's (its input as the output head). Runs the
-    eager body (hooks do not enter a compiled graph)."""
-    hessians: dict[str, Tensor] = {}
-
-    def accumulate(key: str, x: Tensor) -> None:
-        with torch.autocast(x.device.type, enabled=False):  # bf16 sums lose H's positive-definiteness
-            x = x.reshape(-1, x.size(-1)).float()
-            hessians[key] = hessians.get(key, 0) + x.T @ x
-    hooks = [m.register_forward_pre_hook(lambda mod, args, key=f"{name}.weight": accumulate(key, args[0]))
-             for name, m in model.named_modules() if isinstance(m, CastedLinear) and f"{name}.weight" in plan]
-    micro = a.train_batch_tokens // grad_accum_steps(a, rt.world)
-    model.eval()
-    try:
-        for _ in range(max(1, -(-n_tokens // micro))):
-            x, _, _ = next_micro_batch(stream, micro, a.train_seq_len, rt.rank, rt.world, rt.device)
-            with torch.autocast("cuda", torch.bfloat16, enabled=rt.device.type == "cuda"):
-                h = GPT.hidden(model, x)
-            if "tok_emb.weight" in plan:
-                accumulate("tok_emb.weight", h)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train()
-    for key in sorted(hessians):
-        if rt.world > 1:
-            dist.all_reduce(hessians[key])
-    return hessians
-
-
-class ExportDoesNotFit(UserError):
-    """Even the widest clips leave the artifact over ARTIFACT_TARGET_BYTES (checked at start-up, so rare here)."""
-
-
-def fit_artifact(weights: dict[str, Tensor], plan, hessians, model_cfg: ModelConfig, a, code_bytes: int,
-                 settings: dict) -> tuple[bytes, dict]:
-    """The artifact with the tightest clips (smallest widening in [1, FIT_MAX_WIDEN]) whose code + model bytes fit
-    ARTIFACT_TARGET_BYTES, and the fit's choice (the export_fit line's fields). Candidates are chosen by bisection on an estimate (rounding's
-    code entropy, milliseconds) times the real/estimated ratio learned from each compressed candidate, so usually
-    one candidate is quantized with GPTQ and compressed, and a miss costs one more."""
-    t0, target, tries, ratio, widen = time.perf_counter(), a.artifact_target_bytes - code_bytes, 0, 1.0, 1.0
-    estimate = lambda w: estimated_bytes(quantize_state(weights, plan, w))
-    while True:
-        if estimate(widen) * ratio > target:
-            lo, hi = widen, FIT_MAX_WIDEN
-            if estimate(hi) * ratio > target:
-                lo = hi  # try the widest for real: a pessimistic estimate must not stop a run
-            while hi / lo > 1.005:
-                mid = math.sqrt(lo * hi)
-                lo, hi = (lo, mid) if estimate(mid) * ratio <= target else (mid, hi)
-            widen = hi
-        tries += 1
-        blob = serialize_artifact(quantize_state(weights, plan, widen, hessians), model_cfg, settings)
-        if len(blob) <= target:
-            break
-        if widen >= FIT_MAX_WIDEN:
-            raise ExportDoesNotFit(
-                f"export: even clips {FIT_MAX_WIDEN:g}x wider than QUANT_CLIP_* leave {len(blob) + code_bytes} bytes > "
-                f"ARTIFACT_TARGET_BYTES={a.artifact_target_bytes}; lower QUANT_BITS/QUANT_MLP_BITS/QUANT_EMBED_BITS "
-                f"or shrink the model (MODEL_DIM, MLP_MULT, NUM_KV_HEADS, NUM_LAYERS); bench/artifact_size.py projects any")
-        ratio = max(ratio * 1.002, len(blob) / estimate(widen))  # learned here; strictly growing, so it ends
-    return blob, dict(method=a.quant_method, k_attn=a.quant_clip_attn * widen, k_mlp=a.quant_clip_mlp * widen,
-                      k_embed=a.quant_clip_embed * widen, widen=widen, bytes=len(blob) + code_bytes,
-                      target=a.artifact_target_bytes, tries=tries, seconds=time.perf_counter() - t0, code=code_bytes)
-
-
-ARTIFACT_FORMAT = 4  # 4: settings["identity"] names the tokenizer and data it was made with (see DataCheck)
-
-
-def serialize_artifact(qstate: dict[str, dict], model_cfg: ModelConfig, settings: dict) -> bytes:
-    """[8-byte header length][torch.save of format, model config, eval settings, scales and fp16 tensors][every code
-    tensor's int8 bytes, in order], compressed with an integrity check (a flipped bit must fail to load, not evaluate
-    weights nobody trained). settings: the evaluation knobs LOAD_ARTIFACT reuses."""
-    meta = {k: {f: x for f, x in v.items() if f != "q"} | ({"shape": list(v["q"].shape)} if "q" in v else {})
-            for k, v in qstate.items()}
-    buf = io.BytesIO()
-    torch.save(dict(format=ARTIFACT_FORMAT, model_config=dataclasses.asdict(model_cfg), settings=settings,
-                    tensors=meta), buf)
-    codes = b"".join(v["q"].contiguous().numpy().tobytes() for v in qstate.values() if "q" in v)
-    head = buf.getvalue()
-    return compress(len(head).to_bytes(8, "little") + head + codes)
-
-
-COMPRESS_CHUNK = 1 << 21  # bytes of the stream per brotli call: a fixed size, so the artifact never depends on the machine
-
-
-def compress(data: bytes) -> bytes:
-    """brotli-11 over fixed chunks in parallel threads (it releases the GIL), then [crc32][n][n lengths][chunks].
-    bench/export_quality.py on trained GPTQ int6 codes: brotli-11 2.2% smaller than xz -9e, zstd-22 1.1%; within
-    0.8% of the codes' order-0 entropy."""
-    import brotli
-    parts = [data[i:i + COMPRESS_CHUNK] for i in range(0, len(data), COMPRESS_CHUNK)]
-    with concurrent.futures.ThreadPoolExecutor() as pool:
-        packed = list(pool.map(lambda part: brotli.compress(part, quality=11), parts))
-    return struct.pack(f"<II{len(packed)}I", zlib.crc32(data), len(packed), *map(len, packed)) + b"".join(packed)
-
-
-def decompress(blob: bytes) -> bytes:
-    import brotli
-    crc, n = struct.unpack_from("<II", blob)
-    offset, parts = 8 + 4 * n, []
-    for size in struct.unpack_from(f"<{n}I", blob, 8):
-        parts.append(brotli.decompress(blob[offset:offset + size]))
-        offset += size
-    data = b"".join(parts)
-    if offset != len(blob) or zlib.crc32(data) != crc:
-        raise ValueError("checksum or length mismatch")
-    return data
-
-
-def deserialize_artifact(blob: bytes, source: str) -> tuple[ModelConfig, dict[str, Tensor], dict]:
-    """Decompress and dequantize an artifact into (model config, float32 state dict, stored eval settings)."""
-    try:
-        raw = decompress(blob)
-        n = int.from_bytes(raw[:8], "little")
-        payload = torch.load(io.BytesIO(raw[8:8 + n]), weights_only=True, map_location="cpu")
-        if payload.get("format") != ARTIFACT_FORMAT:
-            raise ValueError(f"artifact format {payload.get('format')!r}, this script reads format {ARTIFACT_FORMAT}")
-        codes, offset = memoryview(raw), 8 + n
-        for v in payload["tensors"].values():
-            if "shape" in v:
-                size = math.prod(v["shape"])
-                v["q"] = torch.frombuffer(bytearray(codes[offset:offset + size]), dtype=torch.int8).view(v["shape"])
-                offset += size
-        if offset != len(raw):
-            raise ValueError(f"{len(raw) - offset} bytes left over after the last tensor")
-    except Exception as e:  # a truncated or foreign file: say which and why, not a pickle traceback
-        raise UserError(f"{source}: not a readable train_gpt.py artifact ({type(e).__name__}: {e})") from None
-    return ModelConfig(**payload["model_config"]), dequantize_state(payload["tensors"]), payload["settings"]
-
-
-# The code counts toward the artifact too, as the record ships it: pack_source turns this readable file into a
-# self-extracting script (exec'd under the packed file's own name) that behaves identically. Measured on this file
-# (148,718 bytes): lzma + base85 52,845 bytes, brotli-11 + base85 50,907; without comments and docstrings (ast)
-# 37,020 and 35,643. So: the code without comments and function docstrings (the module docstring stays: --help
-# prints it), brotli-11, base85 (which never uses a quote). The header names the readable source's sha256.
-PACKED_MARKER = b"#!/usr/bin/env python3\n# train_gpt.py packed"
-
-
-def runnable_source(source: bytes) -> bytes:
-    """The code a packed script runs: the source re-printed by ast, without comments and function/class docstrings."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree).encode() + b"\n"
-
-
-@functools.lru_cache(maxsize=4)
-def pack_source(source: bytes) -> bytes:
-    import brotli
-    blob = base64.b85encode(brotli.compress(runnable_source(source), quality=11))
-    return (PACKED_MARKER + b" from source sha256:" + hashlib.sha256(source).hexdigest().encode() + b" (readable: "
-            b"train_gpt.unpack_source; comments and docstrings dropped)\nimport base64,brotli\n"
-            b"exec(compile(brotli.decompress(base64.b85decode(b'" + blob + b"')),__file__,'exec'))\n")
-
-
-def unpack_source(file_bytes: bytes) -> bytes:
-    """The code a packed script runs (runnable_source of its source); any other bytes come back unchanged."""
-    if not file_bytes.startswith(PACKED_MARKER):
-        return file_bytes
-    import brotli
-    return brotli.decompress(base64.b85decode(file_bytes.split(b"b85decode(b'", 1)[1].split(b"'", 1)[0]))
-
-
-def code_sizes() -> tuple[int, int]:
-    """(bytes of the packed script, which a record ships and the artifact counts; bytes of the file that runs)."""
-    code = Path(__file__).read_bytes()
-    return len(code if code.startswith(PACKED_MARKER) else pack_source(code)), len(code)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# EVALUATION
-# One scoring core for every number: windows of up to seq_len tokens, each scoring its last <= stride targets.
-# stride = seq_len is the plain full-sequence eval; a smaller stride is the sliding-window eval; the score-first
-# loop scores a chunk with the eval cache built from earlier chunks only, then counts the chunk into the cache,
-# then (TTT) trains on it. Windows of a chunk are split across ranks; every rank counts every chunk, so with W
-# ranks the caches, and so the result, equal the one-rank run.
-# ----------------------------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class Evaluator:
-    """What every scoring path shares (built once in main)."""
-    model: GPT
-    mixer: MixerConfig
-    byte_tables: ByteTables
-    tokens: Tensor  # validation stream on the device; targets are tokens[1:]
-    seq_len: int
-    batch_seqs: int
-    rank: int
-    world: int
-    log: object
-    record: list | None = None  # when a list, score_chunk appends (target positions, nll) for tests to inspect
-    gate_rows: list | None = None  # when a list, score_chunk keeps what the gate's online training needs (mixed_nll)
-
-    def autocast(self):
-        return torch.autocast("cuda", torch.bfloat16) if self.tokens.is_cuda else torch.autocast("cpu", enabled=False)
-
-
-def score_windows(t0: int, t1: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
-    """(input start c, first target a, end b) per window: inputs tokens[c:b-1] predict targets [a, b), b-a <= stride,
-    so each target in [t0, t1) is scored exactly once with at least seq_len - stride tokens of context."""
-    return [(max(0, min(a + stride, t1) - 1 - seq_len), a, min(a + stride, t1)) for a in range(t0, t1, stride)]
-
-
-def batched_positions(ev: Evaluator, windows: list[tuple[int, int, int]]):
-    """Yield (target positions [n], hidden states [n, D]) for the scored targets of each batch of windows."""
-    i = 0
-    while i < len(windows):
-        length = windows[i][2] - 1 - windows[i][0]
-        j = i
-        while j < len(windows) and j - i < ev.batch_seqs and windows[j][2] - 1 - windows[j][0] == length:
-            j += 1
-        batch = windows[i:j]
-        x = torch.stack([ev.tokens[c:b - 1] for c, _, b in batch])
-        with ev.autocast():
-            h = ev.model.hidden(x)
-        rows = torch.cat([torch.full((b - a,), w) for w, (_, a, b) in enumerate(batch)]).to(x.device)
-        cols = torch.cat([torch.arange(a - c - 1, b - c - 1) for c, a, b in batch]).to(x.device)
-        idx = torch.cat([torch.arange(a, b) for _, a, b in batch]).to(x.device)
-        yield idx, h[rows, cols]
-        i = j
-
-
-def score_chunk(ev: Evaluator, cache: NgramCache | None, t0: int, t1: int, stride: int) -> Tensor:
-    """Score targets [t0, t1) on this rank's share of the windows; returns float64 [nll sum, bytes, count] summed
-    over ranks. Reads the cache, never writes it."""
-    windows = score_windows(t0, t1, ev.seq_len, stride)
-    lo, hi = len(windows) * ev.rank // ev.world, len(windows) * (ev.rank + 1) // ev.world
-    sums = torch.zeros(3, dtype=torch.float64, device=ev.tokens.device)
-    with torch.no_grad():
-        for idx, h in batched_positions(ev, windows[lo:hi]):
-            with ev.autocast():
-                logits = ev.model.logits(h)
-            nll, _ = mixed_nll(ev.mixer, logits, h, cache, ev.tokens, idx, ev.tokens[idx],
-                               getattr(ev.model, "mixer_gate", None), ev.gate_rows)
-            if ev.record is not None:
-                ev.record.append((idx.cpu(), nll.cpu()))
-            sums += torch.stack([nll.double().sum(), ev.byte_tables.target_bytes(ev.tokens[idx - 1], ev.tokens[idx])
-                                 .double().sum(), torch.tensor(float(idx.numel()), device=sums.device)])
-    if ev.world > 1:
-        dist.all_reduce(sums)
-    return sums
-
-
-def add_chunk_to_cache(cache: NgramCache, tokens: Tensor, t0: int, t1: int) -> None:
-    """Count the (context, target) pairs of targets [t0, t1): called only after they were scored."""
-    idx = torch.arange(t0, t1, device=tokens.device)
-    cache.add(target_keys(cache, tokens, idx, tokens[idx]))
-
-
-def ttt_parameters(model: GPT, a) -> list[Tensor]:
-    """TTT_PARAMS=all: everything outside the first TTT_FREEZE_BLOCKS blocks; q: their query projections only."""
-    blocks = model.blocks[a.ttt_freeze_blocks:]
-    if a.ttt_params == "q":
-        return [b.attn.q.weight for b in blocks]
-    frozen = {id(p) for b in model.blocks[:a.ttt_freeze_blocks] for p in b.parameters()}
-    return [p for p in model.parameters() if id(p) not in frozen]
-
-
-def build_ttt_optimizer(params: list[Tensor], a) -> torch.optim.Optimizer:
-    if a.ttt_optimizer == "sgd":
-        return torch.optim.SGD(params, lr=a.ttt_lr, momentum=a.ttt_momentum)
-    return torch.optim.AdamW(params, lr=a.ttt_lr, betas=(a.ttt_momentum, 0.999), weight_decay=0.0)
-
-
-def ttt_on_chunk(ev: Evaluator, opt: torch.optim.Optimizer, params: list[Tensor], t0: int, t1: int, a) -> None:
-    """Train on targets [t0, t1), all already scored. A global batch of TTT_BATCH_SEQS sequences is split across
-    ranks and the loss is normalized by the global token count, so gradients (summed over ranks) match one rank."""
-    starts = list(range(t0 - 1, t1 - 1, ev.seq_len))
-    for _ in range(a.ttt_epochs):
-        for g in range(0, len(starts), a.ttt_batch_seqs):
-            group = [(s, min(s + ev.seq_len, t1 - 1)) for s in starts[g:g + a.ttt_batch_seqs]]
-            total = sum(e - s for s, e in group)
-            opt.zero_grad(set_to_none=False)
-            for s, e in group[ev.rank::ev.world]:
-                with ev.autocast():
-                    logits, _ = ev.model(ev.tokens[s:e][None])
-                F.cross_entropy(logits[0].float(), ev.tokens[s + 1:e + 1], reduction="sum").div(total).backward()
-            sync_gradients(params, ev.world, average=False)
-            if a.ttt_grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, a.ttt_grad_clip)
-            opt.step()
-
-
-def gate_on_chunk(ev: Evaluator, opt: torch.optim.Optimizer, steps: int = 10) -> None:  # 10 steps at LR 0.01: README
-    """Train the learned gate on the chunk just scored (C3): its mixture NLL over the rows score_chunk kept, i.e.
-    the gate inputs and expert probabilities those positions were scored with (the cache before the chunk was
-    counted, so no position sees its own count). Loss normalized by the global row count, gradients summed over
-    ranks, so W ranks take the one-rank step (a rank without rows still joins the all-reduces)."""
-    rows, gate = ev.gate_rows, ev.model.mixer_gate
-    n = torch.tensor([float(sum(r[3].numel() for r in rows))], device=ev.tokens.device)
-    if ev.world > 1:
-        dist.all_reduce(n)
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=False)
-        loss = sum((-mixture_log_prob(mixture_log_weights(ev.mixer, gate(x), valid, e), lp, p).sum()
-                    for x, p, valid, lp, e in rows), 0 * gate.bias.sum())
-        (loss / n.clamp_min(1)).backward()
-        sync_gradients(list(gate.parameters()), ev.world, average=False)
-        opt.step()
-    rows.clear()
-
-
-def sync_gradients(params: list[Tensor], world: int, average: bool = True) -> None:
-    """All-reduce gradients in one flat buffer (sum, or mean with average=True); missing grads count as zero."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    if world == 1:
-        return
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
-    if average:
-        flat /= world
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-        offset += p.numel()
-
-
-FINEWEB_VAL_TARGETS = 62_000_000  # about the targets of the challenge's validation split (50,000 documents)
-
-
-@dataclasses.dataclass
-class EvalResult:
-    label: str
-    val_loss: float
-    val_bpb: float
-    seconds: float
-    projection_s: float  # this pass on the full FineWeb validation split on 8 GPUs, at the measured rate
-    chunks: list[list[float]]  # per chunk: [nll sum, bytes, targets]
-    audit: str = ""  # the ngram_audit line, when positions were audited
-
-
-def evaluate(ev: Evaluator, label: str, stride: int, chunk_tokens: int, cache: NgramCache | None = None,
-             ttt=None, max_seconds: float = 0.0, audit: list[int] = (), gate_step=None) -> EvalResult:
-    """Score every validation target once, chunk by chunk: score, then count the chunk into the cache, then TTT
-    (ttt(t0, t1) trains on the chunk just scored; gate_step() trains the gate on it). Targets in audit are also
-    audited (audit_windows) in between scoring and counting, so the audit sees the very cache and weights that
-    scored them."""
-    t_start, n_targets = time.perf_counter(), ev.tokens.numel() - 1
-    bounds = list(range(1, n_targets + 1, chunk_tokens))
-    totals, chunks, warned, last_log, serial_s, audit_s = torch.zeros(3, dtype=torch.float64), [], False, t_start, 0.0, 0.0
-    audit_sums, independent = [], True
-    ev.model.eval()
-    ev.gate_rows = [] if gate_step is not None and cache is not None else None
-    for i, t0 in enumerate(bounds):
-        t1 = min(t0 + chunk_tokens, n_targets + 1)
-        sums = score_chunk(ev, cache, t0, t1, stride).cpu()
-        if cache is not None and any(t0 <= j < t1 for j in audit):
-            windows = [(c, j, j + 1) for j in audit if t0 <= j < t1  # the window that scored j, cut after j
-                       for c, a, b in score_windows(t0, t1, ev.seq_len, stride) if a <= j < b]
-            t_audit = time.perf_counter()
-            chunk_sums, chunk_independent = audit_windows(ev, cache, windows)
-            audit_s += time.perf_counter() - t_audit
-            audit_sums, independent = audit_sums + chunk_sums, independent and chunk_independent
-        if cache is not None:
-            t_add = time.perf_counter()  # every rank counts every chunk: that time does not shrink with ranks
-            add_chunk_to_cache(cache, ev.tokens, t0, t1)
-            serial_s += time.perf_counter() - t_add
-        if ev.gate_rows is not None and t1 <= n_targets:
-            gate_step()
-        if ttt is not None and t1 <= n_targets:  # nothing left to adapt for after the last chunk
-            ev.model.train()
-            ttt(t0, t1)
-            ev.model.eval()
-        totals += sums
-        chunks.append(sums.tolist())
-        now = time.perf_counter()
-        elapsed, projected = now - t_start, (now - t_start) * n_targets / totals[2].item()
-        if max_seconds and not warned and i >= 1 and projected > max_seconds:
-            ev.log(f"eval_warning label:{label} projected:{projected:.0f}s exceeds EVAL_MAX_SECONDS={max_seconds:g} "
-                   f"after {i + 1}/{len(bounds)} chunks")
-            warned = True
-        if now - last_log >= 10 or i + 1 == len(bounds):  # every pass over 10 s says how far it is
-            ev.log(f"eval_progress label:{label} chunk:{i + 1}/{len(bounds)} scored:{int(totals[2])} "
-                   f"running_bpb:{bits_per_byte(totals):.4f} elapsed:{elapsed:.1f}s eta:{projected - elapsed:.1f}s")
-            last_log = now
-    if int(totals[2]) != n_targets:
-        raise RuntimeError(f"{label}: scored {int(totals[2])} targets, expected {n_targets}")
-    seconds = time.perf_counter() - t_start
-    projection = full_split_projection(seconds, serial_s, audit_s, ev.world, n_targets)
-    ev.log(f"eval_scored label:{label} targets:{int(totals[2])} expected:{n_targets} seconds:{seconds:.1f} "
-           + (f"full_fineweb_8gpu_projection:{projection:.0f}s" if ev.tokens.is_cuda else
-              f"full_fineweb_cpu_projection:{projection:.0f}s (at this CPU's rate: says nothing about GPUs)"))
-    line = ""
-    if audit_sums:
-        err = torch.tensor(audit_sums, dtype=torch.float64)
-        line = (f"ngram_audit positions:{err.numel()} max_abs_sum_err:{(err - 1).abs().max().item():.3e} "
-                f"mean_sum:{err.mean().item():.6f} target_independent:{'yes' if independent else 'no'}")
-    return EvalResult(label, totals[0].item() / totals[2].item(), bits_per_byte(totals), seconds, projection, chunks, line)
-
-
-def full_split_projection(seconds: float, serial_s: float, audit_s: float, world: int, n_targets: int) -> float:
-    """Seconds of this pass on the full FineWeb validation split on 8 ranks: the ranks' share of the work scales
-    with the targets and divides by 8; counting chunks into the cache (serial_s) scales but every rank does it all;
-    the audit (audit_s) is NGRAM_AUDIT_POSITIONS positions whatever the split, so it neither scales nor divides."""
-    shared = (seconds - serial_s - audit_s) * world / 8
-    return (shared + serial_s) * FINEWEB_VAL_TARGETS / n_targets + audit_s
-
-
-def bits_per_byte(sums: Tensor) -> float:
-    """(sum of nats / ln 2) / (sum of target bytes)."""
-    return sums[0].item() / math.log(2) / max(sums[1].item(), 1.0)
-
-
-def target_independent(log_w: Tensor) -> bool:
-    """Whether the weights [k, V] the audit got for each of V targets are one column repeated, up to float32
-    rounding: at vocabulary sizes that are not a multiple of the SIMD width, the last columns take a scalar exp
-    and differ by a few ulp. A weight that read the target (a mask or backoff choice) differs by far more."""
-    return bool(torch.isclose(log_w, log_w[:, :1], rtol=1e-5, atol=1e-6).all())
-
-
-def audit_windows(ev: Evaluator, cache: NgramCache, windows: list[tuple[int, int, int]]) -> tuple[list[float], bool]:
-    """Enumerate every vocabulary token as the target of each one-target window, through the scoring code itself
-    (one mixed_nll call per position, all tokens at once): (sum over the vocabulary of p_mix per position, whether
-    every weight, mask and backoff choice stayed the same for every token) (C1, C2)."""
-    every = torch.arange(ev.model.c.vocab_size, device=ev.tokens.device)
-    sums, independent = [], True
-    with torch.no_grad():
-        for pos, h in batched_positions(ev, windows):
-            with ev.autocast():
-                logits = ev.model.logits(h)
-            for j in range(pos.numel()):
-                rows = lambda t: t[j:j + 1].expand(every.numel(), *t.shape[1:])
-                nll, log_w = mixed_nll(ev.mixer, rows(logits), rows(h), cache, ev.tokens, rows(pos), every,
-                                       getattr(ev.model, "mixer_gate", None))
-                sums.append((-nll.double()).exp().sum().item())
-                independent = independent and target_independent(log_w)
-    return sums, independent
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# RUN
-# setup -> start-up checks -> train (warm-up, then prefill + loop + calibration on the clock) -> export (fit to
-# the byte budget) -> the exported weights before and after quantization -> score-first evaluation -> compliance.
-# ----------------------------------------------------------------------------------------------------------------
-
-def build_model(cfg: ModelConfig, device) -> GPT:
-    model = GPT(cfg).to(device)
-    if device.type == "cuda":  # compile the transformer body; the n-gram work around it stays eager. Shapes that
-        model.hidden = torch.compile(model.hidden)  # vary (short first eval windows, last TTT slices) go dynamic
-    return model
-
-
-def eval_settings(a) -> dict:
-    """The knobs an evaluation of this artifact needs (mixer, evaluation, TTT): stored in it for LOAD_ARTIFACT."""
-    groups = {"n-gram mixer", "evaluation", "test-time training"}
-    settings = {k.env: getattr(a, k.env.lower()) for title, group in KNOBS if title in groups for k in group}
-    return settings | {"EVAL_SEQ_LEN": a.eval_seq_len or a.train_seq_len,  # resolved: TRAIN_SEQ_LEN is not stored
-                       "QUANT_METHOD": a.quant_method, "QUANT_BITS": a.quant_bits, "QUANT_MLP_BITS": a.quant_mlp_bits}
-
-
-def export(weights: dict[str, Tensor], hessians, model_cfg: ModelConfig, plan: dict, a, rt: Runtime,
-           identity: dict) -> tuple[Path, int]:
-    """Fit, compress and write logs/<RUN_ID>.ptz (rank 0 writes; every rank computes the same blob, so no rank
-    waits on another's clip search), with the identity LOAD_ARTIFACT checks; returns (path, model bytes)."""
-    t0, (code_bytes, _) = time.perf_counter(), code_sizes()
-    path = Path("logs") / f"{rt.run_id}.ptz"
-    settings = eval_settings(a) | {"identity": identity}
-    blob, fit = fit_artifact(weights, plan, hessians, model_cfg, a, code_bytes, settings)
-    if rt.rank == 0:
-        path.write_bytes(blob)
-    if rt.world > 1:
-        dist.barrier()
-    rt.log(f"export_fit method:{fit['method']} k_attn:{fit['k_attn']:.2f} k_mlp:{fit['k_mlp']:.2f} "
-           f"k_embed:{fit['k_embed']:.2f} widen:{fit['widen']:.3f} bytes:{fit['bytes']} target:{fit['target']} "
-           f"tries:{fit['tries']} seconds:{fit['seconds']:.1f} code:{fit['code']}(packed)")
-    rt.summary["export"] = fit | dict(seconds=time.perf_counter() - t0,
-                                      bits=dict(attn=a.quant_bits, mlp=a.quant_mlp_bits, embed=a.quant_embed_bits))
-    rt.log(f"export_time:{time.perf_counter() - t0:.1f}s (after the training clock: uses no training data)")
-    return path, len(blob)
-
-
-def log_sizes(rt: Runtime, a, model_bytes: int) -> int:
-    """Log model, code and total bytes in the challenge's lines; returns the total (the artifact size)."""
-    code_bytes, source_bytes = code_sizes()
-    label = f"{a.quant_method}-{quant_tag(a)}+brotli"
-    rt.log(f"Serialized model {label}: {model_bytes} bytes")
-    rt.log(f"Code size: {code_bytes} bytes (the packed train_gpt.py a record ships; records/make_record.py writes it)")
-    rt.log(f"Source size: {source_bytes} bytes (train_gpt.py as it ran)")
-    rt.log(f"Total submission size {label}: {model_bytes + code_bytes} bytes")
-    rt.summary["bytes"] = dict(model=model_bytes, code=code_bytes, source=source_bytes, total=model_bytes + code_bytes)
-    return model_bytes + code_bytes
-
-
-def read_artifact(path: Path) -> tuple[ModelConfig, dict[str, Tensor], dict, float]:
-    """deserialize_artifact of a file, and the seconds that took (evaluation time, wherever it happens)."""
-    if not path.is_file():
-        raise UserError(f"LOAD_ARTIFACT={str(path)!r} does not exist")
-    t0 = time.perf_counter()
-    return *deserialize_artifact(path.read_bytes(), str(path)), time.perf_counter() - t0
-
-
-def check_artifact_identity(path: str, stored: dict, identity: dict, rt: Runtime) -> None:
-    """LOAD_ARTIFACT: another tokenizer (or byte accounting) than the artifact's is an error naming what to set.
-    Other text of its tokenizer is a fair measurement, but not of the split it was made with: a warning says so."""
-    made = stored["identity"]
-    if (made["tokenizer_sha256"], made["byte_tables_sha256"]) != (identity["tokenizer_sha256"],
-                                                                  identity["byte_tables_sha256"]):
-        raise UserError(f"LOAD_ARTIFACT={path} was made with TOKENIZER_PATH={made['TOKENIZER_PATH']} DATA_PATH="
-                        f"{made['DATA_PATH']}, but TOKENIZER_PATH={identity['TOKENIZER_PATH']} is another tokenizer "
-                        f"(sha256 {identity['tokenizer_sha256'][:12]}, not {made['tokenizer_sha256'][:12]}); set both")
-    if made["val_sha256"] != identity["val_sha256"]:
-        rt.log(f"WARNING DATA_PATH={identity['DATA_PATH']} is not the validation split {path} was made with "
-               f"(DATA_PATH={made['DATA_PATH']}, {made['data_kind'] or 'no provenance'}): its scores are on other text")
-
-
-def with_artifact_settings(a, stored: dict, rt: Runtime):
-    """a with the artifact's evaluation settings for every knob the environment did not set; logs which won."""
-    explicit = {k for k in os.environ if k in KNOB_BY_ENV}
-    use = {k: v for k, v in stored.items() if k in KNOB_BY_ENV and k not in explicit}
-    overridden = {k: getattr(a, k.lower()) for k in stored if k in explicit}
-    rt.log(f"artifact_settings used:{json.dumps(use, sort_keys=True)}", console=False)
-    rt.log(f"artifact_settings from_artifact:{len(use)} overridden:{json.dumps(overridden, sort_keys=True)}")
-    a = dataclasses.replace(a, **{k.lower(): v for k, v in use.items()})
-    check_knob_relations(a)
-    return a
-
-
-def warm_up_eval(model: GPT, a, rt: Runtime, byte_tables: ByteTables) -> None:
-    """Run every evaluation shape (short first windows, full batches, the mixer, a TTT step) on random tokens and
-    random weights, so torch.compile's work happens before the evaluation clock, as training's warm-up does."""
-    tokens = torch.from_numpy(RandomTokens(a.vocab_size, a.seed).take(min(2 * a.eval_chunk_tokens, 1 << 17) + 1))
-    ev = Evaluator(model, MixerConfig.from_args(a), byte_tables, tokens.long().to(rt.device),
-                   a.eval_seq_len or a.train_seq_len, a.eval_batch_seqs, rt.rank, rt.world, lambda msg: None)
-    cache = new_cache(a, rt.device) if ev.mixer.uses_cache else None
-    evaluate(ev, "warmup", ev.seq_len, a.eval_chunk_tokens)  # the round-trip pass's shapes
-    audit = list(range(1, tokens.numel() - 1, max(1, tokens.numel() // max(a.ngram_audit_positions, 1))))
-    evaluate(ev, "warmup", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a),  # then the gate's:
-             audit=audit[:a.ngram_audit_positions] if cache is not None else [], gate_step=score_first_gate(ev))
-
-
-def score_first_ttt(ev, a):
-    """ttt(t0, t1) for evaluate(): TTT_EPOCHS on each scored chunk with the run's parameter subset, or None.
-    Legal score-first TTT: PR #461 (@Christopher-Lee-McClendon); some records credit PR #77 (@samacqua)."""
-    if not a.ttt_epochs:
-        return None
-    params = ttt_parameters(ev.model, a)
-    keep = {id(p) for p in params}
-    for p in ev.model.parameters():
-        p.requires_grad_(id(p) in keep)
-    opt = build_ttt_optimizer(params, a)
-    return lambda t0, t1: ttt_on_chunk(ev, opt, params, t0, t1, a)
-
-
-def score_first_gate(ev):
-    """gate_step() for evaluate(): the learned gate's online training (MIXER_ONLINE_LR), or None."""
-    if not ev.mixer.learns_online:
-        return None
-    opt = torch.optim.Adam(ev.model.mixer_gate.requires_grad_(True).parameters(), lr=ev.mixer.online_lr)
-    return lambda: gate_on_chunk(ev, opt)
-
-
-def evaluate_artifact(path: Path, artifact: tuple, a, rt: Runtime, byte_tables: ByteTables, val: Tensor,
-                      oracle: NgramCache | None) -> dict:
-    """Load read_artifact(path) into a fresh model and produce every reported number; returns the compliance inputs.
-    Evaluation time: reading the artifact and every pass below; compilation happens before it on random tokens."""
-    model_cfg, state, stored, load_s = artifact
-    a = with_artifact_settings(a, stored, rt)
-    mixer = MixerConfig.from_args(a)
-    if mixer.uses_gate and model_cfg.gate_outputs != a.ngram_max_order:
-        raise UserError(f"{path} has a gate for {model_cfg.gate_outputs} experts but MIXER_HEAD=multi with NGRAM_MAX_ORDER="
-                        f"{a.ngram_max_order} needs {a.ngram_max_order}; use the order it was trained with, or another head")
-    seq_len = a.eval_seq_len or a.train_seq_len
-    if seq_len > model_cfg.max_seq_len:
-        raise UserError(f"EVAL_SEQ_LEN={seq_len} exceeds the {model_cfg.max_seq_len} positions {path} was built for; "
-                        f"retrain with EVAL_SEQ_LEN set, or evaluate with EVAL_SEQ_LEN<={model_cfg.max_seq_len}")
-    model = build_model(model_cfg, rt.device)
-    warm_up_eval(model, a, rt, byte_tables)
-    t_start = time.perf_counter() - load_s
-    model.load_state_dict(state)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    val = scored_part(val, a.eval_max_tokens)
-    ev = Evaluator(model, mixer, byte_tables, val.to(rt.device), seq_len, a.eval_batch_seqs, rt.rank, rt.world, rt.log)
-    tag = quant_tag(a)  # the artifact's bit widths (stored with its settings)
-    roundtrip = evaluate(ev, "roundtrip", seq_len, a.eval_chunk_tokens)
-    log_metric(rt, f"final_{tag}_roundtrip", roundtrip)
-    res = evaluate(ev, "sliding", a.eval_stride, a.eval_chunk_tokens)
-    log_metric(rt, f"final_{tag}_sliding_window", res, f" stride:{a.eval_stride}")
-    cache = build_eval_cache(a, rt, oracle) if mixer.uses_cache else None
-    n_targets = val.numel() - 1  # audited targets: a fixed random sample, spread over the whole pass
-    audit = (torch.randperm(n_targets, generator=torch.Generator().manual_seed(a.seed))[:a.ngram_audit_positions]
-             + 1).sort().values.tolist() if cache is not None else []
-    res = evaluate(ev, "legal_ttt", a.eval_stride, a.eval_chunk_tokens, cache, score_first_ttt(ev, a),
-                   a.eval_max_seconds, audit, score_first_gate(ev))  # in this order: the gate's re-enables its grads
-    eval_s = time.perf_counter() - t_start
-    log_metric(rt, "legal_ttt", res)
-    if rt.rank == 0:
-        Path("logs", f"{rt.run_id}.chunks.json").write_text(json.dumps(res.chunks))
-    if res.audit:
-        rt.log(res.audit)
-        rt.summary["audit"] = {k: v if v in ("yes", "no") else json.loads(v) for k, v in
-                               (field.split(":", 1) for field in res.audit.split()[1:])}
-    return dict(eval_seconds=eval_s, roundtrip=roundtrip, result=res, scored_targets=int(sum(c[2] for c in res.chunks)),
-                a=a)
-
-
-def build_eval_cache(a, rt: Runtime, oracle: NgramCache | None) -> NgramCache:
-    """Empty (validation history only) or, with NGRAM_EVAL_PREFILL=train, counted from training data."""
-    if a.ngram_eval_prefill == "train" and oracle is not None and not MixerConfig.from_args(a).needs_hints:
-        cache = oracle.clone()  # (frozen: the oracle keeps no hints)
-    else:
-        cache = new_cache(a, rt.device)
-        if a.ngram_eval_prefill == "train":
-            prefill_ngram_cache(cache, list_shards(a.data_path, "train"), a.ngram_prefill_tokens, a.vocab_size, rt)
-    rt.log(f"ngram_eval_cache prefill:{a.ngram_eval_prefill} orders:2..{a.ngram_max_order} buckets:{a.ngram_buckets} "
-           f"scoring:{a.ngram_scoring} bytes:{cache.nbytes()}")
-    return cache
-
-
-def log_metric(rt: Runtime, name: str, res: EvalResult, suffix: str = "") -> None:
-    """The challenge's two lines, and the pass's entry in the summary's scores (keyed by the pass's label)."""
-    rt.log(f"{name} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f}{suffix} eval_time:{res.seconds * 1000:.0f}ms")
-    rt.log(f"{name}_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}{suffix}")
-    rt.summary.setdefault("scores", {})[res.label] = dict(val_loss=res.val_loss, val_bpb=res.val_bpb,
-                                                          seconds=res.seconds, projection_8gpu_s=res.projection_s)
-
-
-class DataCheck:
-    """The identity of a run's tokenizer and data. At start-up: shard headers, and the tokenizer must be the one
-    <DATA_PATH>/provenance.json (data/prepare.py) says made the shards. Rank 0 then reads every shard in a thread
-    hidden behind compile warm-up: its sha256 against provenance.json (any kind of data), its largest id against
-    VOCAB_SIZE; wait() joins it before a clock starts and stops every rank on a mismatch."""
-
-    def __init__(self, a, files: list[Path], byte_tables: ByteTables, rank: int):
-        for f in files:
-            if read_shard(f, mmap=True).size == 0:
-                raise UserError(f"{f}: empty shard (0 tokens); delete it or download it again")
-        self.path = Path(a.data_path) / "provenance.json"
-        self.record = json.loads(self.path.read_text()) if self.path.is_file() else None
-        made_with, tokenizer_sha = (self.record or {}).get("tokenizer", {}), file_sha256(a.tokenizer_path)
-        if self.record is not None and made_with.get("sha256") != tokenizer_sha:
-            raise UserError(f"TOKENIZER_PATH={a.tokenizer_path} is not the tokenizer DATA_PATH={a.data_path} was made "
-                            f"with ({self.path} names {made_with.get('path')}); set TOKENIZER_PATH to that file")
-        listed = json.dumps((self.record or {}).get("files"), sort_keys=True).encode()  # names, sizes and sha256
-        self.identity = dict(TOKENIZER_PATH=a.tokenizer_path, tokenizer_sha256=tokenizer_sha, byte_tables_sha256=
-                             byte_tables.sha256(), DATA_PATH=a.data_path, data_kind=(self.record or {}).get("kind"),
-                             data_files_sha256=hashlib.sha256(listed).hexdigest() if self.record else None)
-        self.files, self.vocab_size, self.problem = files, a.vocab_size, None
-        self.thread = threading.Thread(target=self._scan, args=(files if rank == 0 else [],), daemon=True)
-        self.thread.start()
-
-    def _scan(self, files: list[Path]) -> None:
-        listed = (self.record or {}).get("files", {})
-        try:
-            for f in files:
-                check_token_ids(read_shard(f, mmap=True), self.vocab_size, f)
-                if self.record is not None and listed.get(f.name, {}).get("sha256") != file_sha256(f):
-                    self.problem = (f"{f}: {'sha256 differs from' if f.name in listed else 'not listed in'} "
-                                    f"{self.path}; the shards changed since data/prepare.py wrote it: run it again "
-                                    "(or delete provenance.json to run on unverified data)")
-                    return
-        except Exception as e:  # stops the run where wait() is called, not silently with the thread
-            self.problem = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
-
-    def wait(self, rt: Runtime) -> None:
-        self.thread.join()
-        box = [self.problem]
-        if rt.world > 1:
-            dist.broadcast_object_list(box, src=0)
-        if box[0]:
-            raise UserError(box[0])
-
-    def verdict(self) -> tuple[str, bool, int | None]:
-        """(what the data is, whether it is the challenge's FineWeb as recorded, val docs in train), after wait()."""
-        if self.record is None:
-            return "not the challenge's FineWeb: no provenance.json (shards not made by data/prepare.py fineweb)", False, None
-        overlap = self.record.get("val_docs_in_train")
-        if self.record.get("kind") != "fineweb":
-            return f"not the challenge's FineWeb: {self.record.get('kind')} data", False, overlap
-        return f"fineweb verified: {len(self.files)} files", True, overlap
+LIMIT_TRAIN_SECONDS, LIMIT_EVAL_SECONDS, LIMIT_ARTIFACT_BYTES = 600.0, 600.0, 16_000_000
 
 
 def compliance_report(a, rt: Runtime, train_seconds: float | None, evaluation: dict, model_bytes: int,
@@ -2724,6 +2741,36 @@ def log_compliance(rt: Runtime, r: dict) -> None:
         Path("logs", f"{rt.run_id}.compliance.json").write_text(json.dumps(r, indent=2, sort_keys=True))
 
 
+def log_result(rt: Runtime, ea, res: EvalResult, path: Path) -> None:
+    """The score beside the network's own sliding-window score, and a warning when the mixer made it worse."""
+    mixer = MixerConfig.from_args(ea)
+    own = rt.summary.get("scores", {}).get("sliding", {}).get("val_bpb")
+    if own is not None and res.val_bpb > own and mixer.uses_cache:
+        rt.log(f"WARNING the mixer{' and TTT' if ea.ttt_epochs else ''} made the score worse: val_bpb {res.val_bpb:.4f} "
+               f"against the network's own sliding window {own:.4f} ({res.val_bpb - own:+.4f}); compare MIXER_HEAD=none")
+    rt.log(f"result val_bpb:{res.val_bpb:.8f} (score-first, "
+           f"{ea.ngram_scoring if mixer.uses_cache else 'neural only'}{', TTT' if ea.ttt_epochs else ''}) "
+           + (f"network_sliding_bpb:{own:.8f} " if own is not None else "")
+           + f"log:logs/{rt.run_id}.txt artifact:{path}")
+
+
+def write_summary(rt: Runtime) -> None:
+    """The run's one machine-readable result, which the records tool, the benches and the tests read: the log's
+    summary_json line, logs/<RUN_ID>.summary.json, and a line appended to logs/results.jsonl (a sweep's table)."""
+    text = json.dumps(rt.summary, sort_keys=True)
+    rt.log("summary_json " + text, console=False)
+    if rt.rank == 0:
+        Path("logs", f"{rt.run_id}.summary.json").write_text(json.dumps(rt.summary, indent=1, sort_keys=True))
+        with open(Path("logs", "results.jsonl"), "a") as f:
+            f.write(text + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RUN
+# setup -> start-up checks -> train (warm-up, then prefill + loop + calibration on the clock) -> export (fit to
+# the byte budget) -> the exported weights before and after quantization -> score-first evaluation -> compliance.
+# ----------------------------------------------------------------------------------------------------------------
+
 def main(state: dict) -> None:
     a = load_hyperparameters()
     rt = state["rt"] = setup_runtime(a)  # run_cli's, so a run that stops can say why in its log
@@ -2783,30 +2830,6 @@ def main(state: dict) -> None:
                       eval_seconds=evaluation["eval_seconds"], artifact=str(path), load_artifact=a.load_artifact,
                       compliance=report)
     write_summary(rt)
-
-
-def log_result(rt: Runtime, ea, res: EvalResult, path: Path) -> None:
-    """The score beside the network's own sliding-window score, and a warning when the mixer made it worse."""
-    mixer = MixerConfig.from_args(ea)
-    own = rt.summary.get("scores", {}).get("sliding", {}).get("val_bpb")
-    if own is not None and res.val_bpb > own and mixer.uses_cache:
-        rt.log(f"WARNING the mixer{' and TTT' if ea.ttt_epochs else ''} made the score worse: val_bpb {res.val_bpb:.4f} "
-               f"against the network's own sliding window {own:.4f} ({res.val_bpb - own:+.4f}); compare MIXER_HEAD=none")
-    rt.log(f"result val_bpb:{res.val_bpb:.8f} (score-first, "
-           f"{ea.ngram_scoring if mixer.uses_cache else 'neural only'}{', TTT' if ea.ttt_epochs else ''}) "
-           + (f"network_sliding_bpb:{own:.8f} " if own is not None else "")
-           + f"log:logs/{rt.run_id}.txt artifact:{path}")
-
-
-def write_summary(rt: Runtime) -> None:
-    """The run's one machine-readable result, which the records tool, the benches and the tests read: the log's
-    summary_json line, logs/<RUN_ID>.summary.json, and a line appended to logs/results.jsonl (a sweep's table)."""
-    text = json.dumps(rt.summary, sort_keys=True)
-    rt.log("summary_json " + text, console=False)
-    if rt.rank == 0:
-        Path("logs", f"{rt.run_id}.summary.json").write_text(json.dumps(rt.summary, indent=1, sort_keys=True))
-        with open(Path("logs", "results.jsonl"), "a") as f:
-            f.write(text + "\n")
 
 
 def run_cli() -> int:
