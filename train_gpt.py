@@ -2771,6 +2771,30 @@ def write_summary(rt: Runtime) -> None:
 # the byte budget) -> the exported weights before and after quantization -> score-first evaluation -> compliance.
 # ----------------------------------------------------------------------------------------------------------------
 
+def train_and_export(a, rt: Runtime, accum: int, byte_tables: ByteTables, val: Tensor, data_check: DataCheck,
+                     identity: dict) -> tuple[Path, int, float, NgramCache | None, EvalResult]:
+    """Build the model, train it (on the clock), score its final weights before quantization, fit and write the
+    artifact. Returns (artifact path, model bytes, training seconds, the training oracle or None, that score)."""
+    model_cfg = ModelConfig.from_args(a)
+    model = build_model(model_cfg, rt.device)
+    params = sum(p.numel() for p in model.parameters())
+    rt.log(f"model params:{params} layers:{a.num_layers} dim:{a.model_dim}")
+    check_memory(a, rt, params, accum)
+    plan = quantized_roles(parameter_roles(model), a)
+    check_artifact_fits(model, plan, a, rt, code_sizes()[0])
+    mixer = MixerConfig.from_args(a)
+    ev = Evaluator(model, mixer, byte_tables, scored_part(val, a.eval_max_tokens).to(rt.device),
+                   a.eval_seq_len or a.train_seq_len, a.eval_batch_seqs, rt.rank, rt.world, rt.log)
+    tr = Trainer(model, build_optimizers(model, a), mixer, a, rt, accum)
+    weights, hessians, train_seconds = train(tr, ev, plan, data_check)
+    rt.log(f"train_seconds:{train_seconds:.1f} (prefill + training + GPTQ calibration; monitoring evals excluded)")
+    prequant = evaluate(ev, "prequant", ev.seq_len, a.eval_chunk_tokens)
+    log_metric(rt, "final_prequant", prequant)
+    path, model_bytes = export(weights, hessians, model_cfg, plan, a, rt, identity)
+    log_sizes(rt, a, model_bytes)
+    return path, model_bytes, train_seconds, tr.oracle, prequant
+
+
 def main(state: dict) -> None:
     a = load_hyperparameters()
     rt = state["rt"] = setup_runtime(a)  # run_cli's, so a run that stops can say why in its log
@@ -2788,37 +2812,18 @@ def main(state: dict) -> None:
     val = load_validation_tokens(a.data_path, a.vocab_size)
     rt.log(f"val_tokens:{val.numel()} targets:{val.numel() - 1} scored:{scored_part(val, a.eval_max_tokens).numel() - 1}")
     identity = data_check.identity | {"val_sha256": hashlib.sha256(val.numpy().astype(np.uint16)).hexdigest()}
-    train_seconds, oracle = None, None
     if a.load_artifact:
         check_artifact_identity(a.load_artifact, artifact[2], identity, rt)
         data_check.wait(rt)  # only the validation shards: no warm-up to hide behind, but a few MB to 124 MB
-        path = Path(a.load_artifact)
+        path, train_seconds, oracle, prequant = Path(a.load_artifact), None, None, None
         model_bytes = path.stat().st_size
     else:
-        model_cfg = ModelConfig.from_args(a)
-        model = build_model(model_cfg, rt.device)
-        params = sum(p.numel() for p in model.parameters())
-        rt.log(f"model params:{params} layers:{a.num_layers} dim:{a.model_dim}")
-        check_memory(a, rt, params, accum)
-        plan = quantized_roles(parameter_roles(model), a)
-        check_artifact_fits(model, plan, a, rt, code_sizes()[0])
-        mixer = MixerConfig.from_args(a)
-        ev = Evaluator(model, mixer, byte_tables, scored_part(val, a.eval_max_tokens).to(rt.device),
-                       a.eval_seq_len or a.train_seq_len,
-                       a.eval_batch_seqs, rt.rank, rt.world, rt.log)
-        tr = Trainer(model, build_optimizers(model, a), mixer, a, rt, accum)
-        weights, hessians, train_seconds = train(tr, ev, plan, data_check)
-        oracle = tr.oracle
-        rt.log(f"train_seconds:{train_seconds:.1f} (prefill + training + GPTQ calibration; monitoring evals excluded)")
-        prequant = evaluate(ev, "prequant", ev.seq_len, a.eval_chunk_tokens)
-        log_metric(rt, "final_prequant", prequant)
-        path, model_bytes = export(weights, hessians, model_cfg, plan, a, rt, identity)
-        log_sizes(rt, a, model_bytes)
-        del model, ev, tr, weights, hessians
+        path, model_bytes, train_seconds, oracle, prequant = train_and_export(a, rt, accum, byte_tables, val,
+                                                                              data_check, identity)
     evaluation = evaluate_artifact(path, artifact or read_artifact(path), a, rt, byte_tables, val, oracle)
-    if a.load_artifact:  # the artifact's own bit widths label its sizes
+    if prequant is None:  # the artifact's own bit widths label its sizes
         log_sizes(rt, evaluation["a"], model_bytes)
-    if not a.load_artifact:
+    else:
         rt.log(f"export_cost val_bpb:{evaluation['roundtrip'].val_bpb - prequant.val_bpb:+.5f} "
                f"(final_{quant_tag(a)}_roundtrip - final_prequant)")
     data = data_check.verdict() if rt.rank == 0 else ("", False, None)
