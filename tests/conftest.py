@@ -1,10 +1,13 @@
-"""Shared fixtures: the repo root on sys.path, the embedded sample dataset, and a runner for train_gpt.py."""
+"""Shared fixtures: the repo root on sys.path, the embedded sample dataset, a runner for train_gpt.py, a tiny model.
+The test files mirror train_gpt.py's sections (test_config, test_runtime, test_data, test_model, test_optimizer,
+test_ngram, test_export, test_eval, test_training, test_compliance, test_smoke for RUN)."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -43,3 +46,10 @@ def log_value(text: str, prefix: str, key: str) -> str:
     """The value of key:VALUE on the last line that starts with prefix and has that key."""
     line = [ln for ln in text.splitlines() if ln.startswith(prefix + " ") and f" {key}:" in ln][-1]
     return next(tok.split(":", 1)[1] for tok in line.split() if tok.startswith(key + ":"))
+
+
+def tiny_model(**env) -> tg.GPT:
+    """A PRESET=smoke model (with env on top), seeded."""
+    a = tg.load_hyperparameters({"PRESET": "smoke"} | {k: str(v) for k, v in env.items()})
+    torch.manual_seed(0)
+    return tg.GPT(tg.ModelConfig.from_args(a))

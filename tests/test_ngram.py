@@ -1,6 +1,7 @@
-"""N-gram mixer: counts against a Python dict, normalization over the whole vocabulary (C2), target-independent
-weights (C1), the seeds' hashed_target leak, every mixer head against a float64 reference, gradients of the
-mixture loss, complementary training weights, CountTable and clone()."""
+"""N-GRAM COUNTS and MIXER AND LOSS: counts against a Python dict, the training oracle's leave-one-out,
+normalization over the whole vocabulary (C2), target-independent weights (C1), the seeds' hashed_target leak, every
+mixer head against a float64 reference, gradients of the mixture loss, complementary training weights, CountTable
+and clone()."""
 import math
 from collections import Counter
 
@@ -180,6 +181,65 @@ def test_prefill_equals_per_shard_reference(tmp_path, sizes, max_tokens, frozen)
     pair, ctx = ref_tables([stream[:expected_total]], MAX_ORDER)
     t, idx = torch.from_numpy(stream), torch.arange(len(stream))
     assert_matches_reference(cache, tg.target_keys(cache, t, idx, t), *ref_query(pair, ctx, stream, idx, t, MAX_ORDER))
+
+
+# ---- 1b. the frozen training oracle: leave-one-out at training positions -------------------------------------------
+
+def reference_counts(tokens: list[int], max_order: int):
+    pair, ctx = Counter(), Counter()
+    for i in range(1, len(tokens)):
+        for k in range(2, max_order + 1):
+            if i - (k - 1) >= 0:
+                c = tuple(tokens[i - k + 1:i])
+                pair[(k, c, tokens[i])] += 1
+                ctx[(k, c)] += 1
+    return pair, ctx
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["sorted", "hashed"])
+@pytest.mark.parametrize("prefill_tokens, skip", [
+    (0, 37),  # start mid-stream, as a later training step does; the batch crosses the seam between the shards
+    (300, 37),  # the batch straddles the counted prefix
+    (0, 3000 - 100),  # the batch wraps around into the next epoch: its first contexts reach into the last shard
+])
+def test_leave_one_out_matches_reference(tmp_path, prefill_tokens, skip, frozen):
+    """The frozen training oracle leaves each training position's own count out, against a dict reference."""
+    V, MAX_ORDER = 64, 4
+    gen = np.random.default_rng(0)
+    motif = gen.integers(0, V, 12)
+    tokens = np.concatenate([motif if gen.random() < 0.6 else gen.integers(0, V, 12) for _ in range(250)])
+    tg.write_shard(tmp_path / "fineweb_train_000000.bin", tokens[:200])
+    tg.write_shard(tmp_path / "fineweb_train_000001.bin", tokens[200:])
+    files = tg.list_shards(str(tmp_path), "train")
+    cache = tg.make_cache(MAX_ORDER, 1 << 14, V, "normalized", 2, "cpu", frozen=frozen)
+    counted_tokens = tg.prefill_ngram_cache(cache, files, prefill_tokens, V, tg.Runtime(0, 1, 0, torch.device("cpu"), print, "t"),
+                                            block_tokens=70)
+    assert counted_tokens == (prefill_tokens or tokens.size)
+    pair, ctx = reference_counts(tokens[:counted_tokens].tolist(), MAX_ORDER)
+    stream = tg.TokenStream(files, V)
+    stream.take(skip)
+    x, y, where = tg.next_micro_batch(stream, 64 * 8, 64, 0, 1, torch.device("cpu"))
+    counted = tg.counted_pairs(cache, where, counted_tokens)
+    p, valid = cache.expert_probs(cache.keys(x, y), counted)
+    p, valid = p.view(MAX_ORDER - 1, -1), valid.view(MAX_ORDER - 1, -1)
+    stream_tokens, size = tokens.tolist(), tokens.size
+    checked = 0
+    for j, pos in enumerate(where.tolist()):
+        row_t = j % 64
+        for o, k in enumerate(range(2, MAX_ORDER + 1)):
+            if row_t < k - 2:  # the context would reach before this sequence's start
+                assert not valid[o, j]
+                continue
+            c = tuple(stream_tokens[(pos - k + 1 + i) % size] for i in range(k - 1))  # the stream is cyclic
+            n, total = pair[(k, c, stream_tokens[pos])], ctx[(k, c)]
+            if pos < counted_tokens and pos >= k - 1:  # reference_counts counted this very occurrence: leave it out
+                assert n > 0
+                n, total = n - 1, total - 1
+            assert bool(valid[o, j]) == (total >= 2), (pos, k)
+            if total >= 2:
+                assert p[o, j].item() == pytest.approx(n / total, abs=1e-6)
+                checked += 1
+    assert checked > 100
 
 
 # ---- 2. normalization over the whole vocabulary (C2) and target-independent weights (C1) ---------------------------
@@ -639,3 +699,9 @@ def test_audit_calls_weights_target_independent_within_float32_rounding(vocab):
         leaked[1:, vocab // 2] = torch.where(valid[:, 0], -math.inf, 0.0)  # one target flips which orders count
         assert not tg.target_independent(leaked)
     assert not all(exact), "no rounding difference at all: the test would pass without tolerance"
+
+
+def test_tilt_with_a_training_oracle_keeps_hints_off_the_frozen_table():
+    a = tg.load_hyperparameters({"PRESET": "smoke", "MIXER_HEAD": "tilt", "COMPLEMENT_ALPHA": "0.5"})
+    assert tg.MixerConfig.from_args(a).needs_oracle and tg.new_cache(a, "cpu", frozen=True).best is None
+    assert tg.new_cache(a, "cpu").best is not None

@@ -254,21 +254,3 @@ def test_help_piped_into_head_ends_quietly():
     proc = subprocess.run(f"OMP_NUM_THREADS=1 python3 {ROOT / 'train_gpt.py'} --help | head -2", shell=True,
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith("Parameter Golf training script") and proc.stderr == ""
-
-
-def test_result_line_shows_the_network_alone_and_warns_when_the_mixer_hurt():
-    import torch
-    import train_gpt as tg
-    out = []
-    rt = tg.Runtime(0, 1, 0, torch.device("cpu"), lambda m, console=True: out.append(m), "w")
-    rt.summary["scores"] = {"sliding": {"val_bpb": 3.1522}}
-    a = tg.load_hyperparameters({})
-    worse = tg.EvalResult("legal_ttt", 5.4, 3.2176, 1.0, 1.0, [])
-    tg.log_result(rt, a, worse, "logs/w.ptz")
-    assert out[0] == ("WARNING the mixer and TTT made the score worse: val_bpb 3.2176 against the network's own "
-                      "sliding window 3.1522 (+0.0654); compare MIXER_HEAD=none")
-    assert out[1] == ("result val_bpb:3.21760000 (score-first, normalized, TTT) network_sliding_bpb:3.15220000 "
-                      "log:logs/w.txt artifact:logs/w.ptz")
-    out.clear()
-    tg.log_result(rt, a, tg.EvalResult("legal_ttt", 5.4, 3.1, 1.0, 1.0, []), "logs/w.ptz")
-    assert len(out) == 1 and out[0].startswith("result val_bpb:3.10000000")
