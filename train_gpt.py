@@ -1885,6 +1885,7 @@ def check_artifact_fits(model: GPT, plan: dict, a, rt: Runtime, code_bytes: int)
     tight, wide = (estimated_bytes(quantize_state(spread, plan, w)) + code_bytes for w in (1.0, FIT_MAX_WIDEN))
     rt.log(f"artifact_projection tightest:{tight:.0f} widest:{wide:.0f} target:{a.artifact_target_bytes} bytes "
            "(gaussian weights of this shape)")
+    rt.summary["artifact_projection"] = dict(tightest=round(tight), widest=round(wide), target=a.artifact_target_bytes)
     if wide > a.artifact_target_bytes:
         raise ExportDoesNotFit(
             f"even clips {FIT_MAX_WIDEN:g}x wider than QUANT_CLIP_* project to {wide:.0f} bytes > ARTIFACT_TARGET_BYTES="

@@ -1,8 +1,8 @@
 """Projected artifact bytes (code + model) per configuration, by the computation train_gpt.py runs at start-up
-(check_artifact_fits, which logs artifact_projection): gaussian weights of the configuration's shapes, quantized at
-the tightest clips (the QUANT_CLIP_* knobs, widen 1) and at the widest the export's fit may use (x FIT_MAX_WIDEN),
-each sized by estimated_bytes (the codes' entropy plus scales and fp16 tensors; no compression is run) plus the
-bytes of train_gpt.py. The fit can reach ARTIFACT_TARGET_BYTES when the widest projection is <= it; it needs no
+(check_artifact_fits, which logs artifact_projection and records it in the run summary this bench reads): gaussian
+weights of the configuration's shapes, quantized at the tightest clips (the QUANT_CLIP_* knobs, widen 1) and at the
+widest the export's fit may use (x FIT_MAX_WIDEN), each sized by estimated_bytes (the codes' entropy plus scales
+and fp16 tensors; no compression is run) plus the packed bytes of train_gpt.py. The fit can reach ARTIFACT_TARGET_BYTES when the widest projection is <= it; it needs no
 widening when the tightest one is. Trained weights compress differently from gaussian ones: a run's
 export_fit and `Total submission size` lines show the real bytes.
 
@@ -20,19 +20,17 @@ CONFIGS = ["", "QUANT_MLP_BITS=5", "QUANT_BITS=5 QUANT_MLP_BITS=5", "NUM_KV_HEAD
 
 
 def projection(env: dict) -> tuple[int, int, int, int]:
-    """(parameters, tightest bytes, widest bytes, target) from check_artifact_fits' own log line."""
+    """(parameters, tightest bytes, widest bytes, target) from check_artifact_fits' entry in the run summary."""
     a = tg.load_hyperparameters(env)
-    lines = []
-    rt = tg.Runtime(0, 1, 0, tg.torch.device("cpu"), lambda msg, console=True: lines.append(msg), "bench")
+    rt = tg.Runtime(0, 1, 0, tg.torch.device("cpu"), lambda msg, console=True: None, "bench")
     model = tg.GPT(tg.ModelConfig.from_args(a))
     plan = tg.quantized_roles(tg.parameter_roles(model), a)
     try:
         tg.check_artifact_fits(model, plan, a, rt, tg.code_sizes()[0])
     except tg.ExportDoesNotFit:
-        pass  # the projection line was logged before the check
-    fields = dict(tok.split(":", 1) for tok in lines[-1].split() if ":" in tok)
-    return (sum(p.numel() for p in model.parameters()), int(fields["tightest"]), int(fields["widest"]),
-            int(fields["target"]))
+        pass  # the projection was recorded before the check
+    fit = rt.summary["artifact_projection"]
+    return sum(p.numel() for p in model.parameters()), fit["tightest"], fit["widest"], fit["target"]
 
 
 def main():

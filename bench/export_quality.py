@@ -66,7 +66,7 @@ def trained(a, env: dict) -> tuple[dict, dict, dict]:
     plan = tg.quantized_roles(tg.parameter_roles(model), a)
     tr = tg.Trainer(model, tg.build_optimizers(model, a), tg.MixerConfig.from_args(a), a, rt, tg.grad_accum_steps(a, 1))
     weights, hessians, seconds = tg.train(tr, None, plan)
-    info = dict(train_seconds=seconds, steps=a.iterations, env=env)
+    info = dict(train_seconds=seconds, steps=rt.summary["train"]["steps"], env=env)
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.save(dict(weights=weights, hessians=hessians, info=info), path)
     log(f"trained in {seconds:.0f}s, cached: {path}")
