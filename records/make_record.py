@@ -6,15 +6,12 @@ print a sweep's results as one table.
         --author "Jane Doe" --github-id janedoe --prev-record-bpb 1.1194,1.1201,1.1189
     python3 records/make_record.py --results [logs/results.jsonl]
 
-The first writes records/<track>/<YYYY-MM-DD>_<name>/ with README.md, submission.json, train_seed<SEED>.log for
-each log, the exact train_gpt.py that ran (checked against the logs' sha256; unless --raw its packed,
-self-extracting form), requirements.txt for what the script imports beyond torch and numpy, and val_bpb.png when
-matplotlib is installed. Every number comes from the run's summary (train_gpt.py's `summary_json` log line, or
-logs/<RUN_ID>.summary.json beside the log); the log adds only its `source` hash, versions, the periodic val_bpb
-points and the compliance lines quoted verbatim. The record track (the default) is refused unless every
-compliance check passes; --non-record files the run in the non-record track with the reasons. Every refusal is one
-line on stderr and exit code 2; records/README.md lists them and how the statistics work. Tests call
-make_record() in-process. Standard library only (matplotlib optional; packing imports the --script).
+The first writes records/<track>/<YYYY-MM-DD>_<name>/ (README.md, submission.json, the seeds' logs, the exact
+train_gpt.py that ran, packed unless --raw, requirements.txt, val_bpb.png with matplotlib) from each run's summary.
+The record track (the default) is refused unless every compliance check passes; --non-record files the run in the
+non-record track with the reasons. Every refusal is one line on stderr and exit code 2; records/README.md lists
+them and how the statistics work. Tests call make_record() in-process. Standard library only (matplotlib optional;
+packing imports the --script).
 """
 
 from __future__ import annotations
@@ -73,6 +70,8 @@ SUMMARY_TYPES = {  # dotted key: accepted types; every key is required
 }
 SOURCE_LINE = re.compile(r"^source (\S+) sha256:([0-9a-f]{64}) bytes:(\d+)")
 VAL_POINT = re.compile(r"^step:(\d+)/\S+ val_loss:\S+ val_bpb:([0-9.]+) train_time:(\d+)ms")
+PACKED_HEADER = re.compile(rb"#!/usr/bin/env python3\n# train_gpt.py packed(?: from source sha256:([0-9a-f]{64}))?")
+_MISSING = object()
 
 
 def _get(d: dict, dotted: str, default=None):
@@ -83,9 +82,12 @@ def _get(d: dict, dotted: str, default=None):
     return d
 
 
-def _fields(line: str) -> dict[str, str]:
-    """The `key:value` tokens of a line (value split at the first colon)."""
-    return dict(tok.split(":", 1) for tok in line.split() if ":" in tok and not tok.startswith(":"))
+def _show(v) -> str:
+    return "(absent)" if v is _MISSING else json.dumps(v)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclasses.dataclass
@@ -105,11 +107,9 @@ class Run:
     seed = property(lambda self: self.s["seed"])
     final = property(lambda self: self.s["scores"]["legal_ttt"])  # the run's score (score-first evaluation)
     c = property(lambda self: self.s["compliance"])
-    steps = property(lambda self: self.s["train"]["steps"])
-    step_avg_ms = property(lambda self: round(self.s["train"]["step_avg_ms"], 2))
     train_seconds = property(lambda self: self.c["train_seconds"])
-    eval_seconds = property(lambda self: self.s["eval_seconds"])
     config = property(lambda self: {k: v for k, v in self.s["config_changed"].items() if k not in NOT_CONFIG})
+    hardware = property(lambda self: self.s["hardware"].replace("_", " "))
 
     @property
     def total_bytes(self) -> int:
@@ -123,8 +123,8 @@ class Run:
         return "int" + "-".join(str(b) for b in sorted({bits.get("attn", "?"), bits.get("mlp", "?")}, key=str))
 
 
-def _json(rest: str, what: str):
-    value = json.loads(rest)
+def _json(text: str, what: str) -> dict:
+    value = json.loads(text)
     if not isinstance(value, dict):
         raise ValueError(f"{what} is not a JSON object")
     return value
@@ -141,9 +141,9 @@ def read_log(path: Path) -> Run:
             if m := SOURCE_LINE.match(line):
                 sources.append((lineno, m[2], int(m[3])))
             elif head == "summary_json":
-                summaries.append((lineno, _json(rest, head)))
-            elif head == "versions":
-                versions = _fields(rest)
+                summaries.append((f"line {lineno}", _json(rest, head)))
+            elif head == "versions":  # key:value tokens
+                versions = dict(tok.split(":", 1) for tok in rest.split() if ":" in tok and not tok.startswith(":"))
             elif head == "config_defaults":
                 defaults = _json(rest, head)
             elif m := VAL_POINT.match(line):
@@ -158,45 +158,30 @@ def read_log(path: Path) -> Run:
                           "train_gpt.py?")
     if len(sources) > 1:
         raise RecordError(f"{path}: holds {len(sources)} runs (one `source` line each); give the log of a single run")
-    where = {"source": f"line {sources[0][0]}"}
     sidecar = path.with_name(path.name.rsplit(".", 1)[0] + ".summary.json")
-    if summaries:
-        where["summary"], summary = f"line {summaries[-1][0]}", summaries[-1][1]
-    elif sidecar.is_file():
+    if not summaries and sidecar.is_file():
         try:
-            where["summary"], summary = sidecar.name, _json(sidecar.read_text(), sidecar.name)
+            summaries.append((sidecar.name, _json(sidecar.read_text(), sidecar.name)))
         except ValueError as e:
             raise RecordError(f"{sidecar}: malformed ({e})") from None
-    else:
+    if not summaries:
         raise RecordError(f"{path}: no `summary_json` line and no {sidecar.name} beside it: the run did not finish, "
                           "or its train_gpt.py predates run summaries; rerun with the current train_gpt.py")
-    run = Run(path, summary, sources[0][1], sources[0][2], versions, defaults, points, compliance, where)
-    check_summary(run)
-    return run
-
-
-def check_summary(run: Run) -> None:
-    """Refuse an evaluation-only run and a summary whose keys are missing or of the wrong type."""
-    s, path = run.s, run.path
+    (where, s), (lineno, sha, size) = summaries[-1], sources[0]
     if s.get("load_artifact"):
         raise RecordError(f"{path}: an evaluation of LOAD_ARTIFACT={s['load_artifact']} (it trained nothing, and its "
                           "seed is the evaluation's): not a seed of a record; give the logs of the training runs")
     wrong = [k for k, types in SUMMARY_TYPES.items() if not _is(_get(s, k, _MISSING), types)]
     if wrong:
-        raise RecordError(f"{path}: the run's summary ({run.where['summary']}) lacks or mistypes " + ", ".join(
+        raise RecordError(f"{path}: the run's summary ({where}) lacks or mistypes " + ", ".join(
             f"{k} ({'missing' if _get(s, k, _MISSING) is _MISSING else json.dumps(_get(s, k))[:40]})" for k in wrong))
-
-
-_MISSING = object()
+    return Run(path, s, sha, size, versions, defaults, points, compliance,
+               {"summary": where, "source": f"line {lineno}"})
 
 
 def _is(value, types: tuple) -> bool:
     """isinstance, where a bool is not a number (JSON true is not 1)."""
     return isinstance(value, types) and (not isinstance(value, bool) or bool in types)
-
-
-def _show(v) -> str:
-    return "(absent)" if v is _MISSING else json.dumps(v)
 
 
 def check_consistent(runs: list[Run]) -> None:
@@ -220,28 +205,22 @@ def check_consistent(runs: list[Run]) -> None:
         seen[run.seed] = run
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def check_script(script: Path, runs: list[Run]) -> str:
-    """Refuse a --script whose sha256 is not the one the logs ran (or, packed, whose header names another source);
-    return the hash the logs ran."""
+    """Refuse a --script whose sha256 is not the one the logs ran (or, a record's own packed script, whose header
+    names another source); return the hash the logs ran."""
     if not script.is_file():
         raise RecordError(f"--script {script}: no such file (give the exact train_gpt.py that wrote the logs)")
     data, logged = script.read_bytes(), runs[0].sha256
-    digest = sha256_bytes(data)
-    packed_from = re.match(rb"#!/usr/bin/env python3\n# train_gpt.py packed from source sha256:([0-9a-f]{64})", data)
-    if packed_from and packed_from[1].decode() == logged:  # a record's own packed script: what ran, packed
-        return logged
-    if digest != logged:
-        raise RecordError(f"--script {script} has sha256:{digest[:12]}... but the logs ran sha256:{logged[:12]}...; "
-                          "pass the exact file that ran (e.g. git show <commit>:train_gpt.py > /tmp/train_gpt.py)")
-    return digest
+    header = PACKED_HEADER.match(data)
+    if sha256_bytes(data) != logged and not (header and header[1] and header[1].decode() == logged):
+        raise RecordError(f"--script {script} has sha256:{sha256_bytes(data)[:12]}... but the logs ran sha256:"
+                          f"{logged[:12]}...; pass the exact file that ran (e.g. git show <commit>:train_gpt.py > "
+                          "/tmp/train_gpt.py)")
+    return logged
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# PACKING and REQUIREMENTS
+# THE SCRIPT THE FOLDER HOLDS, and REQUIREMENTS
 # The packing functions live in train_gpt.py (pack_source, unpack_source, PACKED_MARKER); the --script is imported
 # only when it packs (a script that defines pack_source, unless --raw), so the rest stays standard-library only.
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,44 +247,61 @@ def load_packer(script: Path):
     return module
 
 
-def pack_script(script: Path, logged_sha: str, source_bytes: int | None) -> dict:
-    """The packed form of the script that ran (already checked against the logs' sha256), verified to unpack to its
-    code (train_gpt's packing drops comments and docstrings: runnable_source).
+def ship_script(script: Path, script_hash: str, runs: list[Run], packed: bool, warn) -> dict:
+    """The folder's train_gpt.py, and each seed's artifact counted as model bytes + that file (run.packed_total).
 
-    Returns {packed (bytes), code (what it runs), already_packed, source_sha256, source_bytes, packed_sha256}. A script that was itself
-    packed when it ran is kept byte for byte; so is a record's own packed script (its header names the source the
-    logs ran), whose readable size comes from the runs' summaries (source_bytes).
+    Returns {file (its bytes), code (what it runs: its imports make requirements.txt), unpacked (the readable size;
+    None for the readable script), about (the README's paragraph)}. Packed (the form the runs' fit counted): the
+    script's pack_source, checked to unpack to its code (train_gpt's packing drops comments and docstrings:
+    runnable_source). A script that was itself packed when it ran is kept byte for byte; so is a record's own packed
+    script (its header names the source the logs ran), whose readable size comes from the runs' summaries. Readable
+    (--raw): the exact script, which the runs' fit did not count.
     """
     ran = script.read_bytes()
+    if not packed:
+        for run in runs:
+            b = run.s["bytes"]
+            if "source" in b:  # summaries that have it logged the packed code: count the readable file instead
+                run.packed_total = b["model"] + b["source"]
+                if run.packed_total > ARTIFACT_LIMIT_BYTES:
+                    warn(f"{run.path}: with the readable script the artifact is {run.packed_total} bytes, over "
+                         "16,000,000; drop --raw")
+        return {"file": ran, "code": ran, "unpacked": None, "about": f"`train_gpt.py` in this folder is the exact "
+                f"script that ran: sha256 `{script_hash}`, {runs[0].code_bytes:,} bytes (the hash in every log's "
+                "`source` line)."}
     packer = load_packer(script)
     try:
         already = ran.startswith(packer.PACKED_MARKER)
-        packed = ran if already else packer.pack_source(ran)
-        source = packer.unpack_source(packed)
+        file = ran if already else packer.pack_source(ran)
+        code = packer.unpack_source(file)
     except Exception as e:
         raise RecordError(f"packing: the packing functions of --script {script} failed ({type(e).__name__}: "
                           f"{e})") from None
-    if not isinstance(packed, bytes) or not packed.startswith(packer.PACKED_MARKER):
+    if not isinstance(file, bytes) or not file.startswith(packer.PACKED_MARKER):
         raise RecordError(f"packing: pack_source of --script {script} did not return a packed script (bytes "
                           "starting with PACKED_MARKER)")
-    if not already and source != getattr(packer, "runnable_source", lambda b: b)(ran):
+    if not already and code != getattr(packer, "runnable_source", lambda b: b)(ran):
         raise RecordError(f"packing: unpack_source(pack_source(script)) is not the script that ran "
-                          f"(sha256:{sha256_bytes(source)[:12]}... instead of sha256:{sha256_bytes(ran)[:12]}...); "
+                          f"(sha256:{sha256_bytes(code)[:12]}... instead of sha256:{sha256_bytes(ran)[:12]}...); "
                           "the packing functions of --script are broken")
-    own = already and sha256_bytes(ran) != logged_sha
-    size = (source_bytes or len(source)) if own else len(source if already else ran)
-    return {"packed": packed, "code": source, "already_packed": already and not own, "source_sha256": sha256_bytes(source),
-            "source_bytes": size, "packed_sha256": sha256_bytes(packed)}
-
-
-def apply_packed_sizes(runs: list[Run], packed_bytes: int, warn) -> None:
-    """With --packed, each seed's artifact is its model bytes + the packed script (the file the folder holds)."""
+    own = already and sha256_bytes(ran) != script_hash  # a record's own packed script, not what ran
+    unpacked = (runs[0].s["bytes"].get("source") or len(code)) if own else len(code if already else ran)
     for run in runs:
         logged = run.s["bytes"]["code"] if "source" in run.s["bytes"] else None  # runs count their packed form
-        if logged is not None and logged != packed_bytes:
-            warn(f"{run.path} logged packed code of {logged} bytes but the packed file is {packed_bytes} bytes "
+        if logged is not None and logged != len(file):
+            warn(f"{run.path} logged packed code of {logged} bytes but the packed file is {len(file)} bytes "
                  "(another lzma version?); the record counts the file it holds")
-        run.packed_total = run.s["bytes"]["model"] + packed_bytes
+        run.packed_total = run.s["bytes"]["model"] + len(file)
+    if already and not own:
+        about = (f"`train_gpt.py` in this folder is the exact script that ran, which was already packed: sha256 "
+                 f"`{script_hash}`; the source it carries: sha256 `{sha256_bytes(code)}`, {unpacked:,} bytes.")
+    else:
+        about = (f"`train_gpt.py` in this folder is the **packed** form of the script that ran (self-extracting, "
+                 "comments and docstrings dropped; make_record checked that `unpack_source` gives the script's "
+                 f"code): sha256 `{sha256_bytes(file)}`, {len(file):,} bytes; the source that ran: sha256 "
+                 f"`{script_hash}`, {unpacked:,} bytes (the hash in every log's `source` line). The artifact bytes "
+                 "count the packed file.")
+    return {"file": file, "code": file + b"\n" + code, "unpacked": unpacked, "about": about}
 
 
 BASE_PACKAGES = {"torch", "numpy"}  # what every record's environment has
@@ -338,11 +334,6 @@ def script_requirements(code: bytes, requirements: Path) -> list[str]:
 # needs every check to hold.
 # ----------------------------------------------------------------------------------------------------------------
 
-def _train_clock_why(c: dict, r: Run) -> str:
-    cap = c["train_cap_seconds"]
-    return f"MAX_WALLCLOCK_SECONDS={cap:g} (no cap)" if cap <= 0 else f"MAX_WALLCLOCK_SECONDS={cap:g}, over 600 s"
-
-
 def _eval_why(c: dict, r: Run) -> str:
     projected = c.get("eval_projection_seconds")
     if c["eval_seconds"] <= EVAL_LIMIT_S and projected is not None:
@@ -350,12 +341,11 @@ def _eval_why(c: dict, r: Run) -> str:
     return f"evaluated in {c['eval_seconds']:.1f} s, over the 600 s limit"
 
 
-# name: the verdict's name in compliance (or the key re-checked, when the log has no verdict for it); flag: the
-# submission.json compliance key (None: a record requirement without a boolean); ok(compliance, run): the re-check
-# of the logged numbers; why(compliance, run): why it fails, e.g. "ran on 1xcpu, a record needs 8xH100"
-Check = collections.namedtuple("Check", "name flag ok why has_verdict", defaults=(True,))
-
-
+# name: the verdict's name in compliance (the key re-checked for export_fit, which has no verdict); flag: the
+# submission.json compliance key (None: a record requirement without a boolean, and without a verdict);
+# ok(compliance, run): the re-check of the logged numbers; why(compliance, run): why it fails, e.g. "ran on 1xcpu,
+# a record needs 8xH100"
+Check = collections.namedtuple("Check", "name flag ok why")
 CHECKS = (
     Check("train_time", "train_under_600s",
           lambda c, r: c["train_seconds"] is not None and c["train_seconds"] <= TRAIN_LIMIT_S,
@@ -374,7 +364,8 @@ CHECKS = (
     Check("hardware", "eight_h100", lambda c, r: c["hardware"].startswith("8x") and "H100" in c["hardware"],
           lambda c, r: f"ran on {c['hardware']}, a record needs 8xH100"),
     Check("train_clock", "train_clock_capped", lambda c, r: 0 < c["train_cap_seconds"] <= TRAIN_LIMIT_S,
-          _train_clock_why),
+          lambda c, r: f"MAX_WALLCLOCK_SECONDS={c['train_cap_seconds']:g}"
+          + (" (no cap)" if c["train_cap_seconds"] <= 0 else ", over 600 s")),
     Check("full_validation", "full_validation",
           lambda c, r: c["eval_max_tokens"] == 0 and c["scored_targets"] == c["val_targets"],
           lambda c, r: f"scored {c['scored_targets']} of {c['val_targets']} targets"
@@ -386,7 +377,7 @@ CHECKS = (
           if c["val_docs_in_train"] is None else
           f"{c['val_docs_in_train']} validation documents are also training documents"),
     Check("export_fit", None, lambda c, r: c["export_fit"] == "yes",
-          lambda c, r: f"export_fit {c['export_fit']} (the export did not fit the byte target)", has_verdict=False),
+          lambda c, r: f"export_fit {c['export_fit']} (the export did not fit the byte target)"),
 )
 FLAG_ORDER = ("no_hashed_ngram_cache", "score_first_ttt", "three_seeds", "train_under_600s", "eval_under_600s",
               "artifact_under_16mb", "no_train_data_at_eval", "eight_h100", "train_clock_capped", "full_validation",
@@ -396,22 +387,17 @@ FLAG_ORDER = ("no_hashed_ngram_cache", "score_first_ttt", "three_seeds", "train_
 def _seed_failures(run: Run) -> list[tuple[str, str]]:
     """(check name, reason) for every check this seed fails."""
     c, out = run.c, []
-    verdicts = c["verdicts"]
     logged_reasons = [x for x in c["not_record_because"] if isinstance(x, str)]
     for check in CHECKS:
-        verdict = verdicts.get(check.name, "(missing)") if check.has_verdict else None
-        holds = check.ok(c, run)
-        if holds and verdict in ("PASS", None):
-            continue
-        if not holds:
+        verdict = c["verdicts"].get(check.name, "(missing)") if check.flag else None
+        if not check.ok(c, run):
             out.append((check.name, check.why(c, run) + (" (though the log says PASS)" if verdict == "PASS" else "")))
-        else:  # the numbers hold, the log's verdict does not: trust the stricter one and give the log's reason
+        elif verdict not in ("PASS", None):  # the numbers hold, the log's verdict does not: the stricter one wins
             said = next((x.partition(":")[2].strip() for x in logged_reasons if x.startswith(check.name + ":")), "")
             out.append((check.name, f"the log's verdict is {verdict}" + (f": {said}" if said else "")))
     known = {check.name for check in CHECKS}
-    for name, verdict in sorted(verdicts.items()):
-        if name not in known and verdict != "PASS":
-            out.append((name, f"the log's verdict is {verdict}"))
+    out += [(name, f"the log's verdict is {v}") for name, v in sorted(c["verdicts"].items())
+            if name not in known and v != "PASS"]
     if not out and c["record"] is not True:
         out.append(("record", "the log says record:false" + (f" ({'; '.join(logged_reasons)})" if logged_reasons
                                                               else "")))
@@ -421,20 +407,17 @@ def _seed_failures(run: Run) -> list[tuple[str, str]]:
 def check_compliance(runs: list[Run]) -> tuple[dict[str, bool], list[str]]:
     """Per-check booleans over all seeds (submission.json's compliance object) and why the run is not a record.
 
-    A seed fails a check when its verdict is not PASS or when the tool's own re-check of the logged numbers fails;
-    any other verdict the log reports as not PASS is a failure too. Each reason is "<check>: <why>" once per
-    distinct why, as "<check> (seed S): <why>" when not every seed has it. score_first_ttt holds by construction:
-    the score is train_gpt.py's score-first pass (legal_ttt), which scores each chunk before it adapts to it.
+    Each reason is "<check>: <why>" once per distinct why, as "<check> (seed S): <why>" when not every seed has
+    it. score_first_ttt holds by construction: the score is train_gpt.py's score-first pass (legal_ttt), which
+    scores each chunk before it adapts to it.
     """
-    per_seed = {run.seed: _seed_failures(run) for run in runs}
+    grouped: dict[tuple[str, str], list[int]] = {}  # (check, why): the seeds that fail it so
+    for run in runs:
+        for key in _seed_failures(run):
+            grouped.setdefault(key, []).append(run.seed)
+    failed = {name for name, _ in grouped}
     flags = {"score_first_ttt": True, "three_seeds": len(runs) >= 3}
-    for check in CHECKS:
-        if check.flag:
-            flags[check.flag] = not any(name == check.name for fails in per_seed.values() for name, _ in fails)
-    grouped: dict[tuple[str, str], list[int]] = {}
-    for seed, fails in per_seed.items():
-        for key in fails:
-            grouped.setdefault(key, []).append(seed)
+    flags |= {check.flag: check.name not in failed for check in CHECKS if check.flag}
     reasons = []
     for (name, why), seeds in grouped.items():
         where = "" if len(seeds) == len(runs) else (
@@ -449,7 +432,17 @@ def check_compliance(runs: list[Run]) -> tuple[dict[str, bool], list[str]]:
 # so the tool needs no scipy; tests compare it with scipy.stats.t where scipy is installed.
 # ----------------------------------------------------------------------------------------------------------------
 
-def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+def betainc_regularized(a: float, b: float, x: float, one_minus_x: float | None = None) -> float:
+    """I_x(a, b) for a, b > 0 and 0 <= x <= 1; pass one_minus_x when it is known more precisely than 1 - x."""
+    y = 1.0 - x if one_minus_x is None else one_minus_x
+    if x <= 0.0:
+        return 0.0
+    if y <= 0.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y))
+    flip = x >= (a + 1.0) / (a + b + 2.0)  # the fraction converges fast below this: I_x(a, b) = 1 - I_y(b, a)
+    if flip:
+        a, b, x = b, a, y
     tiny, eps = 1e-300, 1e-16
     qab, qap, qam = a + b, a + 1.0, a - 1.0
     c, d = 1.0, 1.0 - qab * x / qap
@@ -465,21 +458,8 @@ def _beta_continued_fraction(a: float, b: float, x: float) -> float:
             delta = c * d
             h *= delta
         if abs(delta - 1.0) < eps:
-            return h
+            return 1.0 - front * h / a if flip else front * h / a
     raise ArithmeticError(f"incomplete beta did not converge (a={a}, b={b}, x={x})")
-
-
-def betainc_regularized(a: float, b: float, x: float, one_minus_x: float | None = None) -> float:
-    """I_x(a, b) for a, b > 0 and 0 <= x <= 1; pass one_minus_x when it is known more precisely than 1 - x."""
-    y = 1.0 - x if one_minus_x is None else one_minus_x
-    if x <= 0.0:
-        return 0.0
-    if y <= 0.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, y) / b
 
 
 def student_t_sf(t: float, df: float) -> float:
@@ -683,40 +663,23 @@ def plot_val_bpb(runs: list[Run], path: Path) -> str | None:
     return None
 
 
-def hardware_text(run: Run) -> str:
-    return run.s["hardware"].replace("_", " ")
-
-
-def apply_readable_sizes(runs: list[Run], warn) -> None:
-    """--raw: the folder holds the readable script, so each artifact is model + those bytes, not the packed form the
-    run's fit counted (summaries with a `source` size)."""
-    for run in runs:
-        b = run.s["bytes"]
-        if "source" in b:
-            run.packed_total = b["model"] + b["source"]
-            if run.packed_total > 16_000_000:
-                warn(f"{run.path}: with the readable script the artifact is {run.packed_total} bytes, over 16,000,000; "
-                     "drop --raw")
-
-
-def build_submission(runs: list[Run], meta: dict, flags: dict, sig: dict | None, packed: dict | None) -> dict:
-    (loss_mean, loss_std), (bpb_mean, bpb_std) = (mean_std([r.final[k] for r in runs]) for k in ("val_loss", "val_bpb"))
-    cuda = runs[0].versions.get("cuda")
+def build_submission(runs: list[Run], meta: dict, flags: dict, sig: dict | None, ship: dict) -> dict:
+    """submission.json: the means and sample stds of the score-first pass, and each seed's numbers."""
+    (loss, loss_std), (bpb, bpb_std) = (mean_std([r.final[k] for r in runs]) for k in ("val_loss", "val_bpb"))
+    round8, cuda = (lambda v: None if v is None else round(v, 8)), runs[0].versions.get("cuda")
     sub = dict(meta) | {
-        "val_loss": round(loss_mean, 8), "val_bpb": round(bpb_mean, 8),
-        "val_loss_std": None if loss_std is None else round(loss_std, 8),
-        "val_bpb_std": None if bpb_std is None else round(bpb_std, 8),
-        "bytes_total": max(r.total_bytes for r in runs),
-        "bytes_code": len(packed["packed"]) if packed else max(r.s["bytes"]["code"] for r in runs)}
-    if packed:
-        sub["bytes_code_unpacked"] = packed["source_bytes"]
+        "val_loss": round8(loss), "val_bpb": round8(bpb), "val_loss_std": round8(loss_std),
+        "val_bpb_std": round8(bpb_std), "bytes_total": max(r.total_bytes for r in runs),
+        "bytes_code": max(r.s["bytes"]["code"] for r in runs) if ship["unpacked"] is None else len(ship["file"])}
+    if ship["unpacked"] is not None:
+        sub["bytes_code_unpacked"] = ship["unpacked"]
     sub |= {
         "seeds": [r.seed for r in runs],
         "seed_results": {str(r.seed): {
             "val_loss": r.final["val_loss"], "val_bpb": r.final["val_bpb"], "artifact_bytes": r.total_bytes,
-            "steps": r.steps, "step_avg_ms": r.step_avg_ms, "train_time_s": r.train_seconds,
-            "eval_time_s": r.eval_seconds} for r in runs},
-        "quantization": runs[0].tag, "hardware": " / ".join(sorted({hardware_text(r) for r in runs})),
+            "steps": r.s["train"]["steps"], "step_avg_ms": round(r.s["train"]["step_avg_ms"], 2),
+            "train_time_s": r.train_seconds, "eval_time_s": r.s["eval_seconds"]} for r in runs},
+        "quantization": runs[0].tag, "hardware": " / ".join(sorted({r.hardware for r in runs})),
         "pytorch_version": runs[0].s.get("torch") or runs[0].versions.get("torch"),
         "cuda_version": None if cuda in (None, "none") else cuda,
         "technique_summary": technique_summary(runs[0]), "compliance": flags}
@@ -726,6 +689,8 @@ def build_submission(runs: list[Run], meta: dict, flags: dict, sig: dict | None,
 
 
 EXPORT_KEYS = ("method", "k_attn", "k_mlp", "k_embed", "widen", "bytes", "target", "tries", "seconds")
+PER_SEED = {"val_bpb": ".8f", "val_loss": ".8f", "artifact_bytes": "d", "train_time_s": ".2f", "eval_time_s": ".2f",
+            "steps": "d", "step_avg_ms": ".2f"}  # submission.json's seed_results as the README's table shows them
 
 
 def _table(head: list[str], rows: list[list]) -> list[str]:
@@ -733,24 +698,12 @@ def _table(head: list[str], rows: list[list]) -> list[str]:
                                                                         for r in rows]
 
 
-def _script_paragraph(runs: list[Run], script_hash: str, packed: dict | None) -> str:
-    if not packed:
-        return (f"`train_gpt.py` in this folder is the exact script that ran: sha256 `{script_hash}`, "
-                f"{runs[0].code_bytes:,} bytes (the hash in every log's `source` line).")
-    if packed["already_packed"]:
-        return (f"`train_gpt.py` in this folder is the exact script that ran, which was already packed: sha256 "
-                f"`{script_hash}`; "
-                f"the source it carries: sha256 `{packed['source_sha256']}`, {packed['source_bytes']:,} bytes.")
-    return (f"`train_gpt.py` in this folder is the **packed** form of the script that ran (self-extracting, comments and "
-            f"docstrings dropped; make_record checked that `unpack_source` gives the script's code): sha256 `{packed['packed_sha256']}`, "
-            f"{len(packed['packed']):,} bytes; the source that ran: sha256 `{script_hash}`, {packed['source_bytes']:,} "
-            "bytes (the hash in every log's `source` line). The artifact bytes count the packed file.")
-
-
-def build_readme(runs: list[Run], sub: dict, reasons: list[str], sig: dict | None, plot_note: str | None,
-                 script_hash: str, command: str, notes: list[str], data: list[str], packed: dict | None,
-                 requirements: list[str], repo_root: Path = REPO_ROOT) -> str:
-    first, n = runs[0], len(runs)
+def build_readme(runs: list[Run], sub: dict, reasons: list[str], plot_note: str | None, ship: dict,
+                 requirements: list[str], repo_root: Path) -> str:
+    first, n, sig = runs[0], len(runs), sub.get("significance")
+    cfg, notes = portable_config(first.config, repo_root, first.defaults)
+    command = command_lines(cfg, sub["seeds"], first.c["world_size"],
+                            f"records/{sub['track']}/{sub['date']}_{sub['name']}/train_gpt.py")
     who = (sub["author"] or "(no author given)") + (f" (@{sub['github_id']})" if sub["github_id"] else "")
     out = [f"# {sub['name']}", ""] + ([sub["blurb"], ""] if sub["blurb"] else [])
     out += [f"Track `{sub['track']}`, {sub['date']}, by {who}.", ""]
@@ -778,15 +731,14 @@ def build_readme(runs: list[Run], sub: dict, reasons: list[str], sig: dict | Non
     if requirements:
         out += ["Besides torch and numpy the script imports what `requirements.txt` lists (" + ", ".join(requirements)
                 + "): `pip install -r requirements.txt`.", ""]
-    out += [_script_paragraph(runs, script_hash, packed), "", "## Data", ""] + data
+    out += [ship["about"], "", "## Data", ""] + data_section(first.config, first.defaults, repo_root)
     defaults, cfg = first.defaults or {}, portable_config(first.config, repo_root, None)[0]
     out += ["## Knobs changed from the defaults", ""] + _table(
         ["knob", "value", "default"], [[f"`{k}`", f"`{_env_value(v)}`", f"`{_env_value(defaults[k])}`" if k in defaults
                                         else "?"] for k, v in sorted(cfg.items())]) + [""]
     out += ["## Per-seed results", ""] + _table(
         ["seed", "val_bpb", "val_loss", "artifact bytes", "train s", "eval s", "steps", "step_avg ms"],
-        [[r.seed, f"{r.final['val_bpb']:.8f}", f"{r.final['val_loss']:.8f}", r.total_bytes,
-          _fmt(r.train_seconds, ".2f"), f"{r.eval_seconds:.2f}", r.steps, f"{r.step_avg_ms:.2f}"] for r in runs])
+        [[seed] + [_fmt(v[k], spec) for k, spec in PER_SEED.items()] for seed, v in sub["seed_results"].items()])
     out += [f"| **mean** | {_fmt(sub['val_bpb'])} | {_fmt(sub['val_loss'])} | | | | | |",
             f"| **std** | {_fmt(sub['val_bpb_std'])} | {_fmt(sub['val_loss_std'])} | | | | | |", ""]
     tag, sc = first.tag, lambda r, k: _fmt(_get(r.s, f"scores.{k}.val_bpb"))  # noqa: E731
@@ -825,8 +777,9 @@ def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROO
 
     packed: write the packed form of the script (train_gpt.pack_source, imported from `script`) and count it in the
     artifact bytes; None (the default): whenever the script defines pack_source, since its runs' fit counted that
-    form; False: copy the readable script and count its bytes. repo_root: the command runs from it and its paths are made relative to it. requirements: the
-    requirements file the folder's requirements.txt takes lines from (default: repo_root/requirements.txt).
+    form; False: copy the readable script and count its bytes. repo_root: the command runs from it and its paths
+    are made relative to it. requirements: the requirements file the folder's requirements.txt takes lines from
+    (default: repo_root/requirements.txt).
     """
     warn = warn or (lambda msg: print(f"make_record: warning: {msg}", file=sys.stderr))
     if not logs:
@@ -844,17 +797,12 @@ def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROO
         raise RecordError(f"--non-record contradicts --track {RECORD_TRACK}")
     track = NON_RECORD_TRACK if non_record or track == NON_RECORD_TRACK else RECORD_TRACK
 
-    runs = [read_log(Path(p)) for p in logs]
+    runs, script, repo_root = [read_log(Path(p)) for p in logs], Path(script), Path(repo_root)
     check_consistent(runs)
-    script_hash = check_script(Path(script), runs)
-    if packed is None:
-        data = Path(script).read_bytes()
-        packed = b"\ndef pack_source(" in data or data.startswith(b"#!/usr/bin/env python3\n# train_gpt.py packed")
-    pack = pack_script(Path(script), script_hash, runs[0].s["bytes"].get("source")) if packed else None
-    if pack:
-        apply_packed_sizes(runs, len(pack["packed"]), warn)
-    else:
-        apply_readable_sizes(runs, warn)
+    script_hash = check_script(script, runs)
+    if packed is None:  # a script with pack_source (the form its runs' fit counted), or one already packed
+        packed = b"\ndef pack_source(" in script.read_bytes() or bool(PACKED_HEADER.match(script.read_bytes()))
+    ship = ship_script(script, script_hash, runs, packed, warn)
     flags, reasons = check_compliance(runs)
     if reasons and track == RECORD_TRACK:
         raise RecordError("not a record: " + "; ".join(reasons) + "; pass --non-record to file it as a non-record "
@@ -867,29 +815,23 @@ def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROO
         warn(f"{len(runs)} seed(s); records are expected to show 3 seeds (compliance.three_seeds is false)")
     if not author or not github_id:
         warn("--author or --github-id is empty in submission.json")
-    if len({hardware_text(r) for r in runs}) > 1:
-        warn("the seeds ran on different hardware: " + ", ".join(sorted({hardware_text(r) for r in runs})))
-    first = runs[0]
-    cfg, notes = portable_config(first.config, Path(repo_root), first.defaults)
-    command = command_lines(cfg, [r.seed for r in runs], first.c["world_size"],
-                            f"records/{track}/{folder.name}/train_gpt.py")
-    code = pack["packed"] + b"\n" + pack["code"] if pack else Path(script).read_bytes()
-    extra = script_requirements(code, Path(requirements or Path(repo_root) / "requirements.txt"))
-    meta = {"author": author, "github_id": github_id, "name": name, "blurb": blurb or technique_summary(first),
+    if len({r.hardware for r in runs}) > 1:
+        warn("the seeds ran on different hardware: " + ", ".join(sorted({r.hardware for r in runs})))
+    extra = script_requirements(ship["code"], Path(requirements or repo_root / "requirements.txt"))
+    meta = {"author": author, "github_id": github_id, "name": name, "blurb": blurb or technique_summary(runs[0]),
             "date": date, "track": track}
-    sub = build_submission(runs, meta, flags, sig, pack)
+    sub = build_submission(runs, meta, flags, sig, ship)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         for r in runs:
             shutil.copyfile(r.path, tmp / f"train_seed{r.seed}.log")
-        (tmp / "train_gpt.py").write_bytes(pack["packed"] if pack else Path(script).read_bytes())
+        (tmp / "train_gpt.py").write_bytes(ship["file"])
         if extra:
             (tmp / "requirements.txt").write_text("\n".join(extra) + "\n")
         plot_note = plot_val_bpb(runs, tmp / "val_bpb.png")
         (tmp / "submission.json").write_text(json.dumps(sub, indent=2) + "\n")
-        readme = build_readme(runs, sub, reasons, sig, plot_note, script_hash, command, notes,
-                              data_section(first.config, first.defaults, Path(repo_root)), pack, extra, Path(repo_root))
+        readme = build_readme(runs, sub, reasons, plot_note, ship, extra, repo_root)
         (tmp / "README.md").write_text(readme + "\n")
         if folder.exists():
             shutil.rmtree(folder)
@@ -908,7 +850,8 @@ def make_record(logs: list[Path], *, name: str, out_root: Path = DEFAULT_OUT_ROO
 
 def results_table(path: Path) -> str:
     if not path.is_file():
-        raise RecordError(f"{path}: no such file (train_gpt.py appends one line per finished run to logs/results.jsonl)")
+        raise RecordError(f"{path}: no such file (train_gpt.py appends one line per finished run to "
+                          "logs/results.jsonl)")
     rows = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         try:
@@ -947,7 +890,7 @@ def _floats(text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+        values = []
     if not values or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers")
     return values
@@ -983,10 +926,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not a.logs or not a.name:
             p.error("give the seeds' logs and --name (or --results)")
-        folder = make_record(a.logs, name=a.name, out_root=a.out_root, script=a.script, author=a.author,
-                             github_id=a.github_id, blurb=a.blurb, date=a.date, track=a.track,
-                             non_record=a.non_record, prev_record_bpb=a.prev_record_bpb,
-                             prev_record_loss=a.prev_record_loss, force=a.force, packed=False if a.raw else None)
+        options = {k: v for k, v in vars(a).items() if k not in ("logs", "results", "raw")}  # make_record's names
+        folder = make_record(a.logs, **options, packed=False if a.raw else None)
     except RecordError as e:
         print(f"make_record: error: {e}", file=sys.stderr)
         return 2
