@@ -10,15 +10,17 @@ targets are scored: the validation shards of DATA_PATH when present, else Zipf-l
 
 Rows, each over the same tokens, with a fresh model (random weights) per row:
   forward only     MIXER_HEAD=none, TTT off
-  + n-gram mixer   MIXER_HEAD=multi (the learned gate; its cache is NgramCache, NGRAM_SCORING as set, normalized by
-                   default), TTT off
+  + entropy head   MIXER_HEAD=entropy (hand-tuned weights, nothing learned), TTT off
+  + n-gram mixer   MIXER_HEAD=multi (the default learned gate with its online steps on each scored chunk, built by
+                   score_first_gate as the run builds it; its cache is NgramCache, NGRAM_SCORING as set), TTT off
   + tilt head      MIXER_HEAD=tilt (a normalized cache with hints), TTT off
   + TTT            MIXER_HEAD=multi with TTT_EPOCHS=1 (or as set), built by score_first_ttt as the run builds it
                    (TTT_FREEZE_BLOCKS / TTT_PARAMS decide which weights train)
 Each row first runs warm_up_eval (what evaluate_artifact runs before its clock: every shape, the mixer and a TTT
 step on random tokens), so compilation is not charged to the timed pass. Columns: the pass's seconds and scored
 tokens/s; its split, timed inside the pass (synchronized at each boundary on CUDA): model forward (score_chunk
-minus mixed_nll), mixed_nll (softmax + n-gram lookups + head), cache update (add_chunk_to_cache), TTT; and the
+minus mixed_nll), mixed_nll (softmax + n-gram lookups + head), cache update (add_chunk_to_cache), the gate's
+online steps (gate_on_chunk), TTT; and the
 projection for the full FineWeb validation (62M targets) on 8 GPUs at the measured rate: every rank scores 1/8
 of the windows and trains on 1/8 of the TTT batch, but counts every chunk into its cache, so
 projection = (seconds - cache update) / 8 + cache update, scaled to 62M targets.
@@ -38,6 +40,7 @@ import train_gpt as tg  # noqa: E402
 TOKENS = int(os.environ.get("BENCH_TOKENS", 2_000_000))
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ROWS = [("forward only", {"MIXER_HEAD": "none", "TTT_EPOCHS": "0"}),
+        ("+ entropy head", {"MIXER_HEAD": "entropy", "TTT_EPOCHS": "0"}),
         ("+ n-gram mixer", {"MIXER_HEAD": "multi", "TTT_EPOCHS": "0"}),
         ("+ tilt head", {"MIXER_HEAD": "tilt", "TTT_EPOCHS": "0"}),
         ("+ TTT", {"MIXER_HEAD": "multi"})]
@@ -85,11 +88,13 @@ def timed_eval(env: dict, tokens: torch.Tensor) -> dict:
                       a.eval_batch_seqs, 0, 1, rt.log)
     cache = tg.new_cache(a, DEVICE) if tg.MixerConfig.from_args(a).uses_cache else None
     seconds = defaultdict(float)
-    with timed(seconds, {"score_chunk": "score", "mixed_nll": "mixed_nll", "add_chunk_to_cache": "cache"}) as wrap:
+    with timed(seconds, {"score_chunk": "score", "mixed_nll": "mixed_nll", "add_chunk_to_cache": "cache",
+                         "gate_on_chunk": "gate"}) as wrap:
         ttt = tg.score_first_ttt(ev, a)
         sync()
         t0 = time.perf_counter()
-        tg.evaluate(ev, "bench", a.eval_stride, a.eval_chunk_tokens, cache, ttt and wrap("ttt", ttt))
+        tg.evaluate(ev, "bench", a.eval_stride, a.eval_chunk_tokens, cache, ttt and wrap("ttt", ttt),
+                    gate_step=tg.score_first_gate(ev))
         sync()
         seconds["total"] = time.perf_counter() - t0
     seconds["forward"] = seconds["score"] - seconds["mixed_nll"]
@@ -118,18 +123,18 @@ def main():
           f"orders:2..{a.ngram_max_order} scoring:{a.ngram_scoring} buckets:{a.ngram_buckets} layers:{a.num_layers} "
           f"dim:{a.model_dim} chunk:{a.eval_chunk_tokens} batch_seqs:{a.eval_batch_seqs} ttt_epochs:{a.ttt_epochs} "
           f"ttt_params:{a.ttt_params} ttt_freeze_blocks:{a.ttt_freeze_blocks}")
-    print("| row | seconds | scored tokens/s | model forward s | mixed_nll s | cache update s | TTT s | "
-          "full FineWeb on 8 GPUs, projected s |\n|---|---|---|---|---|---|---|---|")
+    print("| row | seconds | scored tokens/s | model forward s | mixed_nll s | cache update s | gate online s | TTT s | "
+          "full FineWeb on 8 GPUs, projected s |\n|---|---|---|---|---|---|---|---|---|")
     for name, extra in ROWS:
         if name == "+ TTT" and a.ttt_epochs == 0:
             extra = extra | {"TTT_EPOCHS": "1"}
         if name == "+ tilt head" and a.ngram_scoring != "normalized":
-            print(f"| {name} | skipped: the tilt needs NGRAM_SCORING=normalized | | | | | | |")
+            print(f"| {name} | skipped: the tilt needs NGRAM_SCORING=normalized | | | | | | | |")
             continue
         s = timed_eval(env | extra, tokens)
         projected = ((s["total"] - s["cache"]) / 8 + s["cache"]) * tg.FINEWEB_VAL_TARGETS / n
         print(f"| {name} | {s['total']:.2f} | {n / s['total']:,.0f} | {s['forward']:.2f} | {s['mixed_nll']:.2f} | "
-              f"{s['cache']:.2f} | {s['ttt']:.2f} | {projected:,.0f} |", flush=True)
+              f"{s['cache']:.2f} | {s['gate']:.2f} | {s['ttt']:.2f} | {projected:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":
