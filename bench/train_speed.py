@@ -15,7 +15,8 @@ BENCH_BASELINE (none; e.g. 8ce0b6e, the commit measured on the H100 in GPU_MEASU
 history holds it); BENCH_ACCUM
 ("1,2,4,8"; empty skips the sweep): the GRAD_ACCUM_STEPS values to sweep.
 
-Prints, for MIXER_HEAD none and multi, today's train_step(tr, loader, lr_mul, momentum) and the baseline's
+Prints, for MIXER_HEAD none, multi (the default: no oracle, MIXER_LOSS_WEIGHT=0) and multi+oracle
+(MIXER_LOSS_WEIGHT=0.1, the seeds' oracle-trained gate), today's train_step(tr, loader, lr_mul, momentum) and the baseline's
 train_step(model, optimizers, stream, ...) on the same config, tokens and oracle counts, each followed by the EMA
 update as the training loop runs it. Every step ends in a synchronize (the loop's per-step clock read does the
 same) and every figure is the median over steps, which a shared machine's other processes disturb least:
@@ -327,6 +328,12 @@ def attention_ms(fn, ctx, per_step: int, reps: int = 10) -> str:
     return f"{ms:.3f} | {ms * per_step:.1f}"
 
 
+HEADS = [("none", {"MIXER_HEAD": "none"}),  # the mixer off
+         ("multi", {"MIXER_HEAD": "multi"}),  # the default gate: it learns at evaluation, so none of it trains here
+         ("multi+oracle", {"MIXER_HEAD": "multi", "MIXER_LOSS_WEIGHT": "0.1"})]  # the seeds' gate, trained against
+# the frozen oracle (its lookups and the mixture loss in every step)
+
+
 def main():
     env = {k: v for k, v in os.environ.items() if k in tg.KNOB_BY_ENV}
     a = tg.load_hyperparameters(env)
@@ -340,12 +347,12 @@ def main():
     print("ms per step, medians over steps; the split comes from a second pass synchronized around every part "
           "(its step time is 'split total'); fwd+bwd = split total - the other parts")
     rows = []
-    for head in ("none", "multi"):
-        a_head = tg.load_hyperparameters(env | {"MIXER_HEAD": head})
+    for head, knobs in HEADS:
+        a_head = tg.load_hyperparameters(env | knobs)
         rows.append(("today", head, measure(lambda t: Today(a_head, t), a.train_batch_tokens)))
         if old is not None:
             rows.append((f"baseline {BASELINE}", head,
-                         measure(lambda t: Baseline(old, env | {"MIXER_HEAD": head}, t), a.train_batch_tokens)))
+                         measure(lambda t: Baseline(old, env | knobs, t), a.train_batch_tokens)))
     print_step_table(rows)
     if ACCUMS:
         accum_sweep(env)
