@@ -402,7 +402,8 @@ def log_run_header(rt: Runtime, a) -> None:
         (k != "PRESET", k, v) for k, v in changed.items() if k != "RUN_ID"))  # PRESET first, paths by their name
     rt.log(f"knobs_changed n:{len(changed) - 1} {short[:200] + '...' * (len(short) > 200)} (the log: config_changed)")
     rt.summary.update(run_id=rt.run_id, seed=a.seed, hardware=f"{rt.world}x{device_name(rt)}", torch=torch.__version__,
-                      config_changed=changed)
+                      config_changed=changed, source=dict(sha256=hashlib.sha256(code).hexdigest(), bytes=len(code)),
+                      versions=dict(python=platform.python_version(), cuda=torch.version.cuda))
 
 
 def grad_accum_steps(a, world: int) -> int:
@@ -2832,7 +2833,8 @@ def main(state: dict) -> None:
     log_compliance(rt, report)
     ea, res = evaluation["a"], evaluation["result"]
     log_result(rt, ea, res, path)
-    rt.summary.update(result=dict(val_loss=res.val_loss, val_bpb=res.val_bpb, head=ea.mixer_head, ttt=bool(ea.ttt_epochs)),
+    rt.summary.update(result=dict(val_loss=res.val_loss, val_bpb=res.val_bpb, head=ea.mixer_head, ttt=bool(ea.ttt_epochs),
+                                  quant=quant_tag(ea)),  # the artifact's bit widths (its own, with LOAD_ARTIFACT)
                       eval_seconds=evaluation["eval_seconds"], artifact=str(path), load_artifact=a.load_artifact,
                       compliance=report)
     write_summary(rt)

@@ -47,7 +47,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -118,16 +117,6 @@ def audit(r: dict) -> str:
     return str(r.get("audit", {}).get("max_abs_sum_err", "-"))
 
 
-def quant_tag(r: dict, artifact: str = "") -> str:
-    """The bit-width tag (int6, int5-6) train_gpt.py labels round-trip scores with: from the run's export, or for a
-    LOAD_ARTIFACT run (which exports nothing) from the settings stored in the artifact."""
-    if "export" in r:
-        bits = r["export"]["bits"]
-        return tg.quant_tag(SimpleNamespace(quant_bits=bits["attn"], quant_mlp_bits=bits["mlp"]))
-    stored = tg.read_artifact(Path(artifact))[2]
-    return tg.quant_tag(SimpleNamespace(quant_bits=stored["QUANT_BITS"], quant_mlp_bits=stored["QUANT_MLP_BITS"]))
-
-
 def selected(names) -> list[str]:
     """BENCH_ROWS (comma-separated names; all when unset), in the table's order."""
     chosen = {n.strip() for n in os.environ.get("BENCH_ROWS", "").split(",") if n.strip()} or set(names)
@@ -166,7 +155,7 @@ def one_model(base: dict, workdir: Path, nproc: int) -> None:
             print(f"| {name} | {desc} | error: {r['error']} | | | | {r['wall']:.0f} |", flush=True)
             continue
         results[name] = score = bpb(r, "legal_ttt")
-        neural = neural or (quant_tag(r, artifact), bpb(r, "roundtrip"), bpb(r, "sliding"))
+        neural = neural or (r["result"]["quant"], bpb(r, "roundtrip"), bpb(r, "sliding"))
         reference = results.get("none", neural[2])  # none comes first when selected
         wall = "(training run)" if r is train else f"{r['wall']:.0f}"
         print(f"| {name} | {desc} | {score:.4f} | {reference - score:+.4f} | {audit(r)} | "
@@ -190,7 +179,7 @@ def systems(base: dict, workdir: Path, nproc: int) -> None:
                 print(f"| {desc} | {scoring} | error: {r['error']} | | | | |", flush=True)
                 continue
             bad = [k for k, v in r["compliance"]["verdicts"].items() if v == "FAIL"]
-            print(f"| {desc} | {scoring} | {bpb(r, 'roundtrip'):.4f} ({quant_tag(r)}) | "
+            print(f"| {desc} | {scoring} | {bpb(r, 'roundtrip'):.4f} ({r['result']['quant']}) | "
                   f"{bpb(r, 'legal_ttt'):.4f} | {audit(r)} | {r['compliance']['eval_seconds']:.1f} | "
                   f"{'FAIL: ' + ', '.join(bad) if bad else 'PASS'} |", flush=True)
 

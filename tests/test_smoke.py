@@ -50,7 +50,7 @@ def test_torchrun_one_rank_runs_every_stage(one_rank_run):
     last = out.strip().splitlines()[-1]
     assert last.startswith("result val_bpb:") and last.endswith("log:logs/r1.txt artifact:logs/r1.ptz")
     assert log_value(out, "result", "network_sliding_bpb") == log_value(out, "final_int6_sliding_window_exact", "val_bpb")
-    assert "knobs_changed n:28 PRESET=smoke " in out and len(max(out.splitlines(), key=len)) < 700
+    assert "knobs_changed n:29 PRESET=smoke " in out and len(max(out.splitlines(), key=len)) < 700
     assert "config_changed {" not in out and "compliance_json {" not in out  # the log file has them
     assert "rate:0.0M" not in out and " FAIL" not in out.split("compliance val_docs_in_train:")[1].split("\n")[0]
     log = (tmp / "logs/r1.txt").read_text()
@@ -64,6 +64,10 @@ def test_torchrun_one_rank_runs_every_stage(one_rank_run):
     assert summary["train"]["steps"] == 30 and summary["bytes"]["total"] == report["artifact_bytes"]
     assert summary["export"]["bytes"] == int(log_value(out, "export_fit", "bytes")) and summary["audit"]["positions"] == 16
     assert json.loads((tmp / "logs/results.jsonl").read_text().splitlines()[-1]) == summary
+    assert log.startswith(f"source train_gpt.py sha256:{summary['source']['sha256']} ") and summary["result"]["quant"] == "int6"
+    final = summary["train"]["final_weights"]  # chosen by its held-back loss, every candidate's loss in the log line
+    assert final["chosen"] == min(final["held_back_loss"], key=final["held_back_loss"].get) and final["by"] == "auto"
+    assert log_value(out, "final_weights:" + final["label"], "tokens") == str(final["tokens"])
 
 
 def test_artifact_reevaluated_in_fresh_process_reproduces_exactly(one_rank_run):
