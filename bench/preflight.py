@@ -243,6 +243,9 @@ def stage_run(st: Stage) -> None:
     st["steps"], st["step_avg_ms"] = train["steps"], round(train["step_avg_ms"], 1)
     st["train_seconds"], st["prefill_seconds"] = round(train["seconds"], 1), round(train["prefill_seconds"], 1)
     st["peak_memory_gib"] = train["peak_memory_mib"] and round(train["peak_memory_mib"] / 1024, 1)
+    final = train["final_weights"]
+    st["final_weights"] = f"{final['label']} by {final['by']}: held-back loss " + " ".join(
+        f"{k}:{v:.4f}" for k, v in final["held_back_loss"].items())
     st["export_fit"] = (f"{fit['method']} k_attn:{fit['k_attn']:.2f} k_mlp:{fit['k_mlp']:.2f} "
                         f"k_embed:{fit['k_embed']:.2f} widen:{fit['widen']:.3f} tries:{fit['tries']}")
     st["export_seconds"] = round(fit["seconds"], 1)

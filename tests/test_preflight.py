@@ -11,8 +11,8 @@ STAGE_FIGURES = {
     "machine": {"gpu", "torch", "cuda", "flash_attention_3", "free_disk_gib", "train_tokens", "val_tokens", "tokenizer"},
     "paths": {"multi", "entropy", "tilt", "load_artifact"},
     "speed": {"none_ms_per_step", "none_tok_per_s", "multi_ms_per_step", "multi_tok_per_s", "prefill_tok_per_s"},
-    "run": {"steps", "step_avg_ms", "export_fit", "export_seconds", "export_cost_bpb", "artifact_bytes", "audit",
-            "result_val_bpb", "sliding_val_bpb", "eval_tok_per_s", "eval_projection_8gpu_s"},
+    "run": {"steps", "step_avg_ms", "final_weights", "export_fit", "export_seconds", "export_cost_bpb", "artifact_bytes",
+            "audit", "result_val_bpb", "sliding_val_bpb", "eval_tok_per_s", "eval_projection_8gpu_s"},
     "projection": {"step_ms_8gpu", "prefill_s", "steps_in_600s", "artifact_bytes", "eval_s_full_split_8gpu"},
 }
 
