@@ -663,6 +663,27 @@ def test_packed_script_that_ran_packed_is_copied_unchanged(env):
     assert "which was already packed" in (folder / "README.md").read_text()
 
 
+def test_raw_copies_the_readable_script_and_counts_it(env):
+    """--raw: the runs' fit counted the packed code, the folder holds the readable script; both totals count it."""
+    ns: dict = {}
+    exec(PACKER_SCRIPT, ns)
+    packed_len = len(ns["pack_source"](PACKER_SCRIPT))
+
+    def logged_packed(s):  # what train_gpt.py logs: code = the packed bytes, source = the readable ones
+        s["bytes"] |= {"code": packed_len, "total": s["bytes"]["model"] + packed_len}
+    script, _ = packer_logs(env, PACKER_SCRIPT)
+    sha = hashlib.sha256(PACKER_SCRIPT).hexdigest()
+    logs = [env.write(s, sha=sha, code_bytes=len(PACKER_SCRIPT), edit=logged_packed) for s in SEED_BPB]
+    folder = env.build(logs, script=script, packed=False)
+    assert (folder / "train_gpt.py").read_bytes() == PACKER_SCRIPT
+    sub = json.loads((folder / "submission.json").read_text())
+    assert sub["bytes_code"] == len(PACKER_SCRIPT) and "bytes_code_unpacked" not in sub
+    for seed in SEED_BPB:
+        model_bytes = 15_900_000 + seed % 1000 - len(PACKER_SCRIPT)
+        assert sub["seed_results"][str(seed)]["artifact_bytes"] == model_bytes + len(PACKER_SCRIPT)
+    assert sub["bytes_total"] - sub["bytes_code"] == max(15_900_000 + s % 1000 for s in SEED_BPB) - len(PACKER_SCRIPT)
+
+
 def test_packed_refuses_a_script_that_cannot_pack_itself(env):
     with pytest.raises(mr.RecordError, match=r"packing: --script .* has no pack_source, unpack_source, "
                                              r"PACKED_MARKER"):
