@@ -298,7 +298,9 @@ def check_knob_relations(a) -> None:
     need(a.ngram_scoring == "normalized" or a.ngram_max_order <= len(SEED_PRIMES), "NGRAM_MAX_ORDER",
          f"must be <= {len(SEED_PRIMES)} with NGRAM_SCORING=hashed_target (the seeds' hash has that many multipliers)")
     need(a.final_weights != "ema" or a.ema_decay, "FINAL_WEIGHTS", "needs EMA_DECAY > 0")
-    need(a.final_weights != "swa" or a.swa_every, "FINAL_WEIGHTS", "needs SWA_EVERY > 0")
+    need(a.final_weights != "swa" or a.swa_every and a.swa_start_lrmul and a.warmdown_frac, "FINAL_WEIGHTS",
+         "needs SWA snapshots: SWA_EVERY, SWA_START_LRMUL and WARMDOWN_FRAC > 0 (snapshots start once the LR "
+         "multiplier falls below SWA_START_LRMUL)")
     need(a.ttt_freeze_blocks <= a.num_layers, "TTT_FREEZE_BLOCKS", f"must be <= NUM_LAYERS={a.num_layers}")
     need(a.train_batch_tokens % a.train_seq_len == 0, "TRAIN_BATCH_TOKENS",
          f"must be a multiple of TRAIN_SEQ_LEN={a.train_seq_len}")
@@ -443,12 +445,17 @@ def mean_over_ranks(x: Tensor, rt: Runtime) -> float:
     return x.item() / rt.world
 
 
-def shared_elapsed_ms(since: float, rt: Runtime) -> float:
-    """Milliseconds since `since`, the maximum over ranks, so every rank takes the same stop/LR/SWA decisions."""
-    t = torch.tensor([(time.perf_counter() - since) * 1000], dtype=torch.float64, device=rt.device)
+def max_over_ranks(x: float, rt: Runtime) -> float:
+    """The largest of every rank's own measurement, so all ranks take the same decision from it."""
+    t = torch.tensor([x], dtype=torch.float64, device=rt.device)
     if rt.world > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.item()
+
+
+def shared_elapsed_ms(since: float, rt: Runtime) -> float:
+    """Milliseconds since `since`, the maximum over ranks, so every rank takes the same stop/LR/SWA decisions."""
+    return max_over_ranks((time.perf_counter() - since) * 1000, rt)
 
 
 def all_gather_padded(x: Tensor, fill: int) -> Tensor:
@@ -649,10 +656,12 @@ class TokenStream:
         self.files, self.vocab_size, self.file_idx = files, vocab_size, 0
         self.tokens, self.pos = read_shard(files[0], vocab_size), 0
         self.total = sum(read_shard(f, mmap=True).size for f in files)
-        self.offset = 0  # stream position of the next token, so callers can tell which tokens the oracle counted
+        self.taken = 0  # tokens read so far, over every pass
+
+    offset = property(lambda self: self.taken % self.total)  # position of the next token: did the oracle count it?
 
     def take(self, n: int) -> np.ndarray:
-        self.offset = (self.offset + n) % self.total
+        self.taken += n
         parts = []
         while n > 0:
             if self.pos >= self.tokens.size:
@@ -667,12 +676,13 @@ class TokenStream:
 
 class RandomTokens:
     """The TokenStream interface over random tokens: compile warm-up, timing and benchmarks need no data."""
-    offset, total = 0, 1 << 62
+    offset, taken, total = 0, 0, 1 << 62
 
     def __init__(self, vocab_size: int, seed: int):
         self.vocab_size, self.gen = vocab_size, torch.Generator().manual_seed(seed)
 
     def take(self, n: int) -> np.ndarray:
+        self.taken += n
         return torch.randint(0, self.vocab_size, (n,), generator=self.gen).numpy()
 
 
@@ -2562,54 +2572,33 @@ def choose_final_weights(model: GPT, averager: WeightAverager, stream, a, rt: Ru
     t0, micro = time.perf_counter(), a.train_batch_tokens // grad_accum_steps(a, rt.world)
     batches = [next_micro_batch(stream, micro, a.train_seq_len, rt.rank, rt.world, rt.device)[:2]
                for _ in range(-(-a.final_select_tokens // micro))]
+    unseen = stream.taken <= stream.total  # the loop started at the stream's first token and never wrapped
+    if not unseen:
+        rt.log(f"WARNING: the training stream wrapped ({stream.taken} tokens read of {stream.total}), so the "
+               "held-back tokens were trained on in an earlier pass and the choice compares training losses; "
+               "add training shards")
     found = averager.candidates(model)
     losses = {}
     for name, (weights, _) in found.items():
         model.load_state_dict(weights)
         losses[name] = held_back_loss(model, batches, rt)
-    pick = min(losses, key=losses.get) if a.final_weights == "auto" else a.final_weights
-    if pick not in found:
-        pick = min(losses, key=losses.get)
+    pick, by = (a.final_weights, "FINAL_WEIGHTS") if a.final_weights in found else (
+        min(losses, key=losses.get), "held_back_loss")
+    if a.final_weights not in (pick, "auto"):
         rt.log(f"WARNING: FINAL_WEIGHTS={a.final_weights} but the run made no such weights (too few steps for SWA "
                f"snapshots?): taking {pick}, the lowest held-back loss")
     model.load_state_dict(found[pick][0])
-    rt.log(f"final_weights:{found[pick][1]} by:{'held_back_loss' if a.final_weights == 'auto' else 'FINAL_WEIGHTS'} "
-           + " ".join(f"{k}:{v:.4f}" for k, v in losses.items())
-           + f" tokens:{len(batches) * micro} seconds:{time.perf_counter() - t0:.1f}")
-    return dict(chosen=pick, label=found[pick][1], by=a.final_weights, held_back_loss=losses,
-                tokens=len(batches) * micro)
+    rt.log(f"final_weights:{found[pick][1]} by:{by} " + " ".join(f"{k}:{v:.4f}" for k, v in losses.items())
+           + f" tokens:{len(batches) * micro} unseen:{int(unseen)} seconds:{time.perf_counter() - t0:.1f}")
+    return dict(chosen=pick, label=found[pick][1], by=by, held_back_loss=losses, tokens=len(batches) * micro,
+                unseen=unseen)
 
 
-def train(tr: Trainer, ev, plan: dict, data_check=None) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, float]:
-    """Warm-up, data_check.wait(), then on the clock: oracle prefill, the training loop and the GPTQ calibration pass.
-    Returns (the weights to export, loaded into the model; their Hessians or None; seconds on the clock)."""
-    a, rt, model = tr.a, tr.rt, tr.model
-    calib_batches = -(-a.gptq_calibration_tokens // (a.train_batch_tokens // tr.accum)) if a.quant_method == "gptq" else 0
-    if tr.mixer.needs_oracle:  # empty until prefill, but present in warm-up, so the compiled loss head sees its real inputs
-        tr.oracle = new_cache(a, rt.device, frozen=True)
-    batch_s = warm_up(tr, plan)
-    candidates = 1 + bool(a.ema_decay) + bool(a.swa_every)  # raw, ema, swa: each scored on the held-back batches
-    after_loop = calib_batches + candidates * -(-a.final_select_tokens // (a.train_batch_tokens // tr.accum))
-    reserve_ms = 1000 * (1.5 * after_loop * batch_s + 1.0) if a.max_wallclock_seconds else 0
-    rt.log(f"warmup steps:{a.warmup_steps} grad_accum_steps:{tr.accum} after_loop_reserve:{reserve_ms / 1000:.1f}s "
-           f"({after_loop} eager batches of {batch_s:.3f}s: GPTQ calibration and the final-weights choice)")
-    if data_check is not None:
-        data_check.wait(rt)
-    train_files = list_shards(a.data_path, "train")
-    clock_start, paused = time.perf_counter(), 0.0
-    if tr.oracle is not None:
-        tr.oracle_tokens = prefill_ngram_cache(tr.oracle, train_files, a.ngram_prefill_tokens, a.vocab_size, rt,
-                                               PREFILL_MAX_SHARE * a.max_wallclock_seconds)
-        rt.log(f"ngram_oracle tokens:{tr.oracle_tokens} orders:2..{a.ngram_max_order} leave_one_out:"
-               f"{int(a.ngram_oracle_loo)} bytes:{tr.oracle.nbytes()} ({tr.oracle.nbytes() / 2**20:.0f} MiB) "
-               f"time:{time.perf_counter() - clock_start:.1f}s")
-    stream = TokenStream(train_files, a.vocab_size)
-    loader = BatchLoader(stream, a.train_batch_tokens // tr.accum, a.train_seq_len, rt)
-    averager = WeightAverager(model, a.ema_decay)
-    loop_start_ms = shared_elapsed_ms(clock_start, rt)
-    budget_ms = a.max_wallclock_seconds * 1000 - loop_start_ms - reserve_ms  # > 0, or the loop must not step at all
-    schedule = Schedule(a, max(budget_ms, 1e-3) if a.max_wallclock_seconds else math.inf)
-    step = 0
+def training_loop(tr: Trainer, ev, loader: BatchLoader, averager: WeightAverager, schedule: Schedule,
+                  clock_start: float, loop_start_ms: float) -> tuple[int, float, float]:
+    """Steps until the schedule's progress reaches 1 (ITERATIONS, or the clock's budget); monitoring evals pause the
+    clock. Returns (steps, milliseconds of training steps, seconds paused)."""
+    a, rt, model, step, paused = tr.a, tr.rt, tr.model, 0, 0.0
     while True:
         train_ms = shared_elapsed_ms(clock_start + paused, rt) - loop_start_ms  # training steps only
         progress = schedule.progress(step, train_ms)
@@ -2641,7 +2630,46 @@ def train(tr: Trainer, ev, plan: dict, data_check=None) -> tuple[dict[str, Tenso
             eta_s = train_ms / 1000 * (1 / schedule.progress(step, train_ms) - 1)
             rt.log(f"step:{step}/{schedule.steps_text(step, train_ms)} train_loss:{value:.4f} "
                    f"train_time:{train_ms:.0f}ms step_avg:{train_ms / step:.2f}ms lr_mul:{lr_mul:.3f} eta:{eta_s:.0f}s")
-    loader.close()
+    return step, train_ms, paused
+
+
+def train(tr: Trainer, ev, plan: dict, data_check=None) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, float]:
+    """Warm-up, data_check.wait(), then on the clock: oracle prefill, the training loop, the final-weights choice and
+    the GPTQ calibration pass. Returns (the weights to export, loaded into the model; their Hessians or None; seconds on the clock)."""
+    a, rt, model = tr.a, tr.rt, tr.model
+    calib_batches = -(-a.gptq_calibration_tokens // (a.train_batch_tokens // tr.accum)) if a.quant_method == "gptq" else 0
+    if tr.mixer.needs_oracle:  # empty until prefill, but present in warm-up, so the compiled loss head sees its real inputs
+        tr.oracle = new_cache(a, rt.device, frozen=True)
+    batch_s = max_over_ranks(warm_up(tr, plan), rt)  # one reserve, so every rank stops at the same step
+    candidates = 1 + bool(a.ema_decay) + bool(a.swa_every)  # raw, ema, swa: each scored on the held-back batches
+    after_loop = calib_batches + candidates * -(-a.final_select_tokens // (a.train_batch_tokens // tr.accum))
+    reserve_ms = 1000 * (1.5 * after_loop * batch_s + 1.0) if a.max_wallclock_seconds else 0
+    rt.log(f"warmup steps:{a.warmup_steps} grad_accum_steps:{tr.accum} after_loop_reserve:{reserve_ms / 1000:.1f}s "
+           f"({after_loop} eager batches of {batch_s:.3f}s: {calib_batches} GPTQ calibration, the rest the "
+           "final-weights choice)")
+    if data_check is not None:
+        data_check.wait(rt)
+    train_files = list_shards(a.data_path, "train")
+    clock_start = time.perf_counter()
+    if tr.oracle is not None:
+        tr.oracle_tokens = prefill_ngram_cache(tr.oracle, train_files, a.ngram_prefill_tokens, a.vocab_size, rt,
+                                               PREFILL_MAX_SHARE * a.max_wallclock_seconds)
+        rt.log(f"ngram_oracle tokens:{tr.oracle_tokens} orders:2..{a.ngram_max_order} leave_one_out:"
+               f"{int(a.ngram_oracle_loo)} bytes:{tr.oracle.nbytes()} ({tr.oracle.nbytes() / 2**20:.0f} MiB) "
+               f"time:{time.perf_counter() - clock_start:.1f}s")
+    loop_start_ms = shared_elapsed_ms(clock_start, rt)
+    budget_ms = a.max_wallclock_seconds * 1000 - loop_start_ms - reserve_ms
+    if a.max_wallclock_seconds and budget_ms <= 0:
+        raise UserError(f"MAX_WALLCLOCK_SECONDS={a.max_wallclock_seconds:g} leaves no time to train: the prefill "
+                        f"took {loop_start_ms / 1000:.1f}s and the after-loop reserve is {reserve_ms / 1000:.1f}s; "
+                        "lower FINAL_SELECT_TOKENS, GPTQ_CALIBRATION_TOKENS or NGRAM_PREFILL_TOKENS, or raise the cap")
+    schedule = Schedule(a, budget_ms if a.max_wallclock_seconds else math.inf)
+    stream, averager = TokenStream(train_files, a.vocab_size), WeightAverager(model, a.ema_decay)
+    loader = BatchLoader(stream, a.train_batch_tokens // tr.accum, a.train_seq_len, rt)
+    try:  # the loader's thread must stop whatever ends the loop (a diverged loss, Ctrl-C), or the exit can abort
+        step, train_ms, paused = training_loop(tr, ev, loader, averager, schedule, clock_start, loop_start_ms)
+    finally:
+        loader.close()
     final = choose_final_weights(model, averager, stream, a, rt)
     hessians, t_calib = None, time.perf_counter()
     if calib_batches:
@@ -2789,7 +2817,7 @@ def train_and_export(a, rt: Runtime, accum: int, byte_tables: ByteTables, val: T
                    a.eval_seq_len or a.train_seq_len, a.eval_batch_seqs, rt.rank, rt.world, rt.log)
     tr = Trainer(model, build_optimizers(model, a), mixer, a, rt, accum)
     weights, hessians, train_seconds = train(tr, ev, plan, data_check)
-    rt.log(f"train_seconds:{train_seconds:.1f} (prefill + training + GPTQ calibration; monitoring evals excluded)")
+    rt.log(f"train_seconds:{train_seconds:.1f} (prefill + training + final-weights choice + GPTQ calibration; monitoring evals excluded)")
     prequant = evaluate(ev, "prequant", ev.seq_len, a.eval_chunk_tokens)
     log_metric(rt, "final_prequant", prequant)
     path, model_bytes = export(weights, hessians, model_cfg, plan, a, rt, identity)

@@ -245,7 +245,8 @@ def stage_run(st: Stage) -> None:
     st["peak_memory_gib"] = train["peak_memory_mib"] and round(train["peak_memory_mib"] / 1024, 1)
     final = train["final_weights"]
     st["final_weights"] = f"{final['label']} by {final['by']}: held-back loss " + " ".join(
-        f"{k}:{v:.4f}" for k, v in final["held_back_loss"].items())
+        f"{k}:{v:.4f}" for k, v in final["held_back_loss"].items()) + (
+        "" if final["unseen"] else " (the stream wrapped: the held-back tokens were trained on)")
     st["export_fit"] = (f"{fit['method']} k_attn:{fit['k_attn']:.2f} k_mlp:{fit['k_mlp']:.2f} "
                         f"k_embed:{fit['k_embed']:.2f} widen:{fit['widen']:.3f} tries:{fit['tries']}")
     st["export_seconds"] = round(fit["seconds"], 1)

@@ -290,7 +290,7 @@ def ship_script(script: Path, script_hash: str, runs: list[Run], packed: bool, w
         logged = run.s["bytes"]["code"] if "source" in run.s["bytes"] else None  # runs count their packed form
         if logged is not None and logged != len(file):
             warn(f"{run.path} logged packed code of {logged} bytes but the packed file is {len(file)} bytes "
-                 "(another lzma version?); the record counts the file it holds")
+                 "(another brotli version?); the record counts the file it holds")
         run.packed_total = run.s["bytes"]["model"] + len(file)
     if already and not own:
         about = (f"`train_gpt.py` in this folder is the exact script that ran, which was already packed: sha256 "

@@ -19,6 +19,8 @@ from conftest import ROOT
     ({"NGRAM_BUCKETS": "1000"}, "NGRAM_BUCKETS=1000 must be a power of two"),
     ({"NGRAM_MAX_ORDER": "9", "NGRAM_ENT_CENTER": "1,2,3"}, "must list 1 or 8 centers"),
     ({"EMA_DECAY": "1.5"}, "EMA_DECAY='1.5' is out of range"),
+    ({"FINAL_WEIGHTS": "swa", "SWA_START_LRMUL": "0"}, "FINAL_WEIGHTS='swa' needs SWA snapshots"),
+    ({"FINAL_WEIGHTS": "swa", "WARMDOWN_FRAC": "0"}, "FINAL_WEIGHTS='swa' needs SWA snapshots"),
     # every typo, not only under a hand-kept prefix list: spelling, case, a knob's first word, a retired knob's prefix
     ({"ITERATONS": "5"}, "unknown variable ITERATONS='5'; did you mean ITERATIONS?"),
     ({"MAX_WALLCLOCK_SECOND": "5"}, "did you mean MAX_WALLCLOCK_SECONDS?"),

@@ -76,7 +76,7 @@ def summary(seed: int, *, bpb: float, config: dict, train_seconds: float, total_
                    "legal_ttt": score(bpb)},
         "train": {"steps": 7042, "step_avg_ms": 84.99, "seconds": train_seconds, "prefill_seconds": 1.0,
                   "oracle_tokens": 0, "calibration_seconds": 1.0, "peak_memory_mib": 40000,
-                  "final_weights": {"chosen": "ema", "label": "ema(0.997)", "by": "auto",
+                  "final_weights": {"chosen": "ema", "label": "ema(0.997)", "by": "held_back_loss",
                                     "held_back_loss": {"raw": 2.31, "ema": 2.29}, "tokens": 524288}},
         "export": {"method": "gptq", "k_attn": 12.0, "k_mlp": 12.5, "k_embed": 14.0, "widen": 1.0,
                    "bytes": total_bytes, "target": 16_000_000, "tries": 1, "seconds": 5.2,

@@ -66,7 +66,8 @@ def test_torchrun_one_rank_runs_every_stage(one_rank_run):
     assert json.loads((tmp / "logs/results.jsonl").read_text().splitlines()[-1]) == summary
     assert log.startswith(f"source train_gpt.py sha256:{summary['source']['sha256']} ") and summary["result"]["quant"] == "int6"
     final = summary["train"]["final_weights"]  # chosen by its held-back loss, every candidate's loss in the log line
-    assert final["chosen"] == min(final["held_back_loss"], key=final["held_back_loss"].get) and final["by"] == "auto"
+    assert final["chosen"] == min(final["held_back_loss"], key=final["held_back_loss"].get)
+    assert final["by"] == "held_back_loss" and final["unseen"]
     assert log_value(out, "final_weights:" + final["label"], "tokens") == str(final["tokens"])
 
 
@@ -143,10 +144,13 @@ def test_same_seed_twice_gives_the_same_result(one_rank_run, sample_data, tmp_pa
     assert exact_line(again, "legal_ttt_exact") == exact_line(proc, "legal_ttt_exact")
 
 
-def test_torchrun_two_ranks_trains_and_finishes(sample_data, tmp_path):
-    proc = run_train(tmp_path, {"PRESET": "smoke", "RUN_ID": "w2"}, nproc=2)
+def test_torchrun_two_ranks_trains_and_finishes_on_the_clock(sample_data, tmp_path):
+    """Capped: the ranks time their warm-up apart, yet must reserve the same after-loop time and stop at one step
+    (a rank that left the loop early met the other's gradient all-reduce: collective mismatch)."""
+    proc = run_train(tmp_path, {"PRESET": "smoke", "RUN_ID": "w2", "MAX_WALLCLOCK_SECONDS": "6", "ITERATIONS": "1000",
+                                "QUANT_METHOD": "rtn"}, nproc=2)
     assert_finished(proc)
-    assert "hardware world_size:2" in proc.stdout
+    assert "hardware world_size:2" in proc.stdout and "stopping_early: wallclock_cap" in proc.stdout
 
 
 @pytest.mark.parametrize("env", [{"MIXER_HEAD": "entropy", "NGRAM_MAX_ORDER": "16", "NGRAM_EVAL_PREFILL": "train"},
@@ -219,6 +223,12 @@ def test_user_errors_are_one_line_and_exit_2(sample_data, tmp_path, argv, env, f
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
     log = tmp_path / "logs/err.txt"
     assert not log.exists() if argv else log.read_text().splitlines()[-1] == lines[0]  # the log ends with why
+
+
+def test_a_cap_that_leaves_no_training_time_stops_before_training(sample_data, tmp_path):
+    proc = run_train(tmp_path, {"PRESET": "smoke", "MAX_WALLCLOCK_SECONDS": "5", "FINAL_SELECT_TOKENS": "2000000"})
+    assert proc.returncode == 2 and "step:1/" not in proc.stdout
+    assert "error: MAX_WALLCLOCK_SECONDS=5 leaves no time to train" in proc.stderr
 
 
 def test_torchrun_failure_summary_carries_our_message(tmp_path):

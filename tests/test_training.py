@@ -56,13 +56,15 @@ def reference_loss(model, x, y) -> float:
     return -logits.log_softmax(-1).gather(1, y.reshape(-1, 1)).mean().item()
 
 
-@pytest.mark.parametrize("mode", ["auto", "ema", "raw"])
+@pytest.mark.parametrize("mode", ["auto", "ema", "raw", "swa"])
 def test_final_weights_are_chosen_on_held_back_training_tokens(mode):
     """auto exports the candidate with the lowest loss on the stream's next tokens, which no step trained on (and
-    forced modes export what they name); the choice and every candidate's loss go to the summary."""
+    forced modes export what they name; swa without snapshots falls back to the loss, says so and is logged as
+    chosen by it); the choice and every candidate's loss go to the summary."""
     a = tg.load_hyperparameters({"PRESET": "smoke", "FINAL_WEIGHTS": mode, "FINAL_SELECT_TOKENS": "8192"})
     model = tiny_model()
-    rt = tg.Runtime(0, 1, 0, torch.device("cpu"), lambda *args, **kw: None, "t")
+    logged = []
+    rt = tg.Runtime(0, 1, 0, torch.device("cpu"), lambda msg, **kw: logged.append(msg), "t")
     avg = tg.WeightAverager(model, 0.9)
     avg.update(model)
     with torch.no_grad():  # the live weights drift after the EMA's last update: two candidates that really differ
@@ -81,9 +83,28 @@ def test_final_weights_are_chosen_on_held_back_training_tokens(mode):
     for name, loss in choice["held_back_loss"].items():
         assert loss == pytest.approx(want[name], abs=1e-4)
     assert want["raw"] != pytest.approx(want["ema"], abs=1e-3)
-    assert choice["chosen"] == (min(want, key=want.get) if mode == "auto" else mode)
+    forced = mode in ("ema", "raw")
+    assert choice["chosen"] == (mode if forced else min(want, key=want.get)) and choice["unseen"]
+    assert choice["by"] == ("FINAL_WEIGHTS" if forced else "held_back_loss")
+    assert any(m.startswith("WARNING: FINAL_WEIGHTS=swa but the run made no such weights") for m in logged) == (
+        mode == "swa")
     exported = model.state_dict()
     assert all(torch.equal(exported[k], v.to(exported[k].dtype)) for k, v in found[choice["chosen"]][0].items())
+
+
+def test_final_weights_say_when_the_held_back_tokens_were_trained_on():
+    """A stream that wrapped (more training tokens read than the shards hold) has no unseen tokens left: the choice
+    still runs, but warns and the summary says so."""
+    a = tg.load_hyperparameters({"PRESET": "smoke", "FINAL_SELECT_TOKENS": "8192"})
+    model, logged = tiny_model(), []
+    rt = tg.Runtime(0, 1, 0, torch.device("cpu"), lambda msg, **kw: logged.append(msg), "t")
+    avg = tg.WeightAverager(model, 0.9)
+    stream = tg.RandomTokens(a.vocab_size, 5)
+    stream.total = 12_000  # the loop read nothing, but the 8,192 held-back tokens plus their +1 targets fit
+    assert tg.choose_final_weights(model, avg, stream, a, rt)["unseen"]
+    stream.taken = 4_000  # as if the loop had read 4,000 tokens first: the held-back ones wrap into them
+    assert not tg.choose_final_weights(model, avg, stream, a, rt)["unseen"]
+    assert any(m.startswith("WARNING: the training stream wrapped") for m in logged)
 
 
 def test_nan_loss_stops_with_a_clear_message(sample_data):
