@@ -400,8 +400,9 @@ def log_run_header(rt: Runtime, a) -> None:
     rt.log("config_defaults " + json.dumps({k.env: k.default for k in KNOB_BY_ENV.values()}, sort_keys=True), console=False)
     changed = {k: v for k, v in config.items() if k == "RUN_ID" or v != KNOB_BY_ENV[k].default}
     rt.log("config_changed " + json.dumps(changed, sort_keys=True), console=False)
-    short = " ".join(f"{k}={Path(v).name if k.endswith('_PATH') else v}" for _, k, v in sorted(
-        (k != "PRESET", k, v) for k, v in changed.items() if k != "RUN_ID"))  # PRESET first, paths by their name
+    short = " ".join(f"{k}={Path(v).name if k.endswith('_PATH') else v}" for *_, k, v in sorted(
+        (k != "PRESET", k not in os.environ, k, v) for k, v in changed.items() if k != "RUN_ID"))  # PRESET, then
+    # what the environment set (a sweep's knobs, before the cut), then the preset's; paths by their name
     rt.log(f"knobs_changed n:{len(changed) - 1} {short[:200] + '...' * (len(short) > 200)} (the log: config_changed)")
     rt.summary.update(run_id=rt.run_id, seed=a.seed, hardware=f"{rt.world}x{device_name(rt)}", torch=torch.__version__,
                       config_changed=changed, source=dict(sha256=hashlib.sha256(code).hexdigest(), bytes=len(code)),

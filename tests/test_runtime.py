@@ -50,3 +50,16 @@ def test_packed_source_round_trips_and_is_smaller():
     assert tg.prefill_ngram_cache.__doc__.encode()[:40] not in runnable  # function docstrings are dropped
     assert tg.hashlib.sha256(src).hexdigest().encode() in packed
     assert tg.pack_source(bytes(src)) == packed  # deterministic
+
+
+def test_console_knob_line_shows_what_the_environment_set_before_the_presets(monkeypatch):
+    """A sweep's knob must survive the console line's cut, however many knobs the preset changes."""
+    monkeypatch.setenv("PRESET", "smoke")
+    monkeypatch.setenv("TTT_EPOCHS", "0")
+    a = tg.load_hyperparameters({"PRESET": "smoke", "TTT_EPOCHS": "0"})
+    lines = []
+    rt = tg.Runtime(0, 1, 0, torch.device("cpu"), lambda msg, **kw: lines.append(msg), "t")
+    tg.log_run_header(rt, a)
+    line = next(m for m in lines if m.startswith("knobs_changed"))
+    assert line.startswith("knobs_changed n:30 PRESET=smoke TTT_EPOCHS=0 BIGRAM_DIM=16 ") and line.endswith(
+        "... (the log: config_changed)")
