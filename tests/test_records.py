@@ -470,9 +470,13 @@ def test_recheck_and_log_verdicts_both_count(env):
         "val_overlap (seed 2025): val_docs_in_train unknown (the data's provenance record did not check it)",
         "export_fit (seed 2025): export_fit no (the export did not fit the byte target)",
         "pass --non-record to file it as a non-record submission"]
-    flags = json.loads((env.build(logs, non_record=True) / "submission.json").read_text())["compliance"]
+    folder = env.build(logs, non_record=True)
+    flags = json.loads((folder / "submission.json").read_text())["compliance"]
     assert flags["eight_h100"] is False and flags["no_val_in_train"] is False and flags["full_validation"] is True
     assert flags["eval_under_600s"] is False
+    readme = (folder / "README.md").read_text()  # a check no seed failed, only skipped, is not called failed
+    assert "| eval_under_600s | not measured |" in readme and "| no_val_in_train | no |" in readme
+    assert "| eight_h100 | no |" in readme and "| full_validation | yes |" in readme
 
 
 def test_command_paths_are_relative_to_the_repository_and_the_data_is_described(env):
@@ -525,7 +529,7 @@ def test_results_table_is_one_row_per_run(env, tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table = mr.results_table(path).splitlines()
     assert table[0] == "Knobs every run set: DATA_PATH=my shards NGRAM_ENT_CENTER=4.0,3.5 PRESET=smoke"
-    assert table[2] == "| run_id | knobs | val_bpb | bytes | steps | step_avg_ms | train s | eval s |"
+    assert table[2] == "| run_id | knobs | result val_bpb | bytes | steps | step_avg_ms | train s | eval s |"
     assert table[4] == "| run_1337 | MATRIX_LR=0.03 | 1.10000000 | 15900337 | 7042 | 84.99 | 598.5 | 412.2 |"
     assert table[5].startswith("| run_42 | MATRIX_LR=0.05 SEED=42 | 1.10120000 |") and len(table) == 7
     cli = subprocess.run([sys.executable, str(TOOL), "--results", str(path)], capture_output=True, text=True)
