@@ -121,7 +121,7 @@ KNOBS: list[tuple[str, list[Knob]]] = [
         Knob("FINAL_WEIGHTS", str, "auto", "weights to export (auto: raw, ema or swa, whichever has the lowest loss on "
              "held-back training tokens)", choices=("auto", "raw", "ema", "swa")),
         Knob("FINAL_SELECT_TOKENS", int, 524288, "held-back training tokens, read after the last step, that score "
-             "each candidate of FINAL_WEIGHTS", 1, 2**31 - 1),
+             "each candidate of FINAL_WEIGHTS (they stay on the device while it runs)", 1, 2**24),
     ]),
     ("n-gram mixer", [
         Knob("MIXER_HEAD", str, "multi", "learned multi-expert gate, entropy backoff, token tilt, or none",
