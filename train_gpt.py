@@ -2636,7 +2636,8 @@ def training_loop(tr: Trainer, ev, loader: BatchLoader, averager: WeightAverager
 
 def train(tr: Trainer, ev, plan: dict, data_check=None) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, float]:
     """Warm-up, data_check.wait(), then on the clock: oracle prefill, the training loop, the final-weights choice and
-    the GPTQ calibration pass. Returns (the weights to export, loaded into the model; their Hessians or None; seconds on the clock)."""
+    the GPTQ calibration pass. Returns (the weights to export, loaded into the model; their Hessians or None;
+    seconds on the clock)."""
     a, rt, model = tr.a, tr.rt, tr.model
     calib_batches = -(-a.gptq_calibration_tokens // (a.train_batch_tokens // tr.accum)) if a.quant_method == "gptq" else 0
     if tr.mixer.needs_oracle:  # empty until prefill, but present in warm-up, so the compiled loss head sees its real inputs
@@ -2818,7 +2819,8 @@ def train_and_export(a, rt: Runtime, accum: int, byte_tables: ByteTables, val: T
                    a.eval_seq_len or a.train_seq_len, a.eval_batch_seqs, rt.rank, rt.world, rt.log)
     tr = Trainer(model, build_optimizers(model, a), mixer, a, rt, accum)
     weights, hessians, train_seconds = train(tr, ev, plan, data_check)
-    rt.log(f"train_seconds:{train_seconds:.1f} (prefill + training + final-weights choice + GPTQ calibration; monitoring evals excluded)")
+    rt.log(f"train_seconds:{train_seconds:.1f} (prefill + training + final-weights choice + GPTQ calibration; "
+           "monitoring evals excluded)")
     prequant = evaluate(ev, "prequant", ev.seq_len, a.eval_chunk_tokens)
     log_metric(rt, "final_prequant", prequant)
     path, model_bytes = export(weights, hessians, model_cfg, plan, a, rt, identity)
